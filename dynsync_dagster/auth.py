@@ -60,16 +60,21 @@ class DynamicsSession(requests.Session):
         self.trust_env = False
         # certifi's default store unless the org (or simulator) uses its own CA.
         self.verify = conn.ca_bundle or True
-        self._org_netloc = urlsplit(conn.url).netloc.lower()
+        self._authority_prefix = conn.authority_host.lower() + "/"
+        self._api_prefix = conn.api_root.lower()
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
-        method_s = method.decode() if isinstance(method, bytes) else method
+        method_s = (method.decode() if isinstance(method, bytes) else method).upper()
         url_s = url.decode() if isinstance(url, bytes) else url
-        # Second line of defence for SPEC rule 2: nothing but GET may ever reach the org.
-        if method_s.upper() != "GET" and urlsplit(url_s).netloc.lower() == self._org_netloc:
+        # Second line of defence for SPEC rule 2: the only non-GET this session may send is
+        # MSAL's token POST to the authority host; never anything to the org's Web API.
+        lowered = url_s.lower()
+        if method_s != "GET" and (
+            lowered.startswith(self._api_prefix) or not lowered.startswith(self._authority_prefix)
+        ):
             raise DynamicsError(
-                f"refusing to send {method_s.upper()} to the Dynamics org: dynsync only reads "
-                "(GET); records are created and changed in Dynamics itself",
+                f"refusing to send {method_s} to {url_s.split('?', 1)[0]}: dynsync only reads "
+                "from Dynamics (GET); records are created and changed in Dynamics itself",
                 url=url_s.split("?", 1)[0],
             )
         # TLS is always verified: there is deliberately no way to turn it off.
