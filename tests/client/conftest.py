@@ -107,7 +107,7 @@ def _start(tmp_dir: Path) -> tuple[LocalServer, Callable[[], None]]:
     httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
     port = httpd.server_address[1]
     state["s"] = LocalServer(base_url=f"https://127.0.0.1:{port}", ca_path=ca_path)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
 
     def stop() -> None:
