@@ -477,12 +477,16 @@ class DynamicsClient:
                 try:
                     body = orjson.loads(content)
                 except orjson.JSONDecodeError:
-                    body = None
-                if not isinstance(body, dict):
-                    failure = TransientError(
-                        f"malformed JSON body ({len(content)} bytes)", status=200
-                    )
+                    # Truncated or garbled in transit: worth another try.
+                    failure = TransientError(f"malformed JSON body ({len(content)} bytes)")
                     return self._retry_later(state, failure)
+                if not isinstance(body, dict):
+                    raise DynamicsError(
+                        f"{_short(url)} returned JSON that is not an object: this client "
+                        "reads OData documents only (not e.g. /$count)",
+                        status=200,
+                        url=_short(url),
+                    )
                 return _Response(body=body, nbytes=len(content))
 
             err = _error_from(raw, content, url)
