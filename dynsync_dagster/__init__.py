@@ -1,0 +1,1 @@
+"""dynsync: a Dagster project that keeps a DuckDB copy of Dynamics accounts and contacts."""

@@ -1,0 +1,297 @@
+"""One sync cycle: resolve fields, fetch what changed into a stage, apply it in one transaction.
+
+Contacts are fetched before accounts: a contact can only point at an account that existed
+before it, so every account a fetched contact names is in the (later) account read.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from .client import ClientStats, DynamicsClient, Page
+from .errors import ExpiredDeltaToken
+from .fields import ENTITY_SET, PRIMARY_KEY, FieldPlan, resolve_fields
+from .merge import MergeContext, MergeCounts, apply_cycle
+from .settings import ConnectionSettings, SyncSettings
+from .stage import Stage
+from .state import (
+    ReaderState,
+    previously_synced_fields,
+    read_reader_states,
+    write_field_decisions,
+    write_reader_state,
+    write_sync_run,
+)
+from .store import (
+    SchemaChange,
+    apply_schema_change,
+    ensure_fixed_tables,
+    existing_columns,
+    open_store,
+    plan_schema_change,
+)
+
+log = logging.getLogger("dynsync.cycle")
+
+# Without change tracking, re-read this far behind the cursor: modifiedon is stamped when a
+# write starts, so a long transaction can surface after later rows were read.
+CURSOR_OVERLAP = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class CycleOptions:
+    window: tuple[datetime, datetime] | None = None  # re-read records modified in [start, end)
+    trigger: str = "manual"
+    run_id: str | None = None
+    page_size: int = 5000
+    store_wait_s: float = 60.0
+    memory_limit: str = "512MB"
+
+
+@dataclass
+class CycleResult:
+    run_id: str
+    started_at: datetime
+    finished_at: datetime
+    modes: dict[str, str]
+    rows_read: dict[str, int]
+    deletions_read: dict[str, int]
+    counts: MergeCounts
+    plan: FieldPlan
+    stats: ClientStats
+    reader_states: dict[str, ReaderState]
+    table_rows: dict[str, int] = field(default_factory=dict)
+    fetch_s: float = 0.0
+    write_s: float = 0.0
+
+
+class _Fetch:
+    """How one entity is read this cycle, and where its reader will stand afterwards."""
+
+    def __init__(self, entity: str, mode: str, pages: Callable[[], Iterator[Page]]):
+        self.entity = entity
+        self.mode = mode
+        self.pages = pages
+        self.delta_link: str | None = None
+
+
+def run_cycle(
+    conn: ConnectionSettings,
+    sync: SyncSettings,
+    db_path: Path,
+    options: CycleOptions = CycleOptions(),
+    *,
+    client: DynamicsClient | None = None,
+) -> CycleResult:
+    """Run one cycle. On failure the data tables are untouched; a `failed` sync_runs row says why."""
+    run_id = options.run_id or uuid.uuid4().hex
+    started = datetime.now(UTC)
+    try:
+        return _run_cycle(conn, sync, Path(db_path), options, client, run_id, started)
+    except Exception as exc:
+        _record_failure(Path(db_path), options, run_id, started, exc)
+        raise
+
+
+def _record_failure(
+    db_path: Path, options: CycleOptions, run_id: str, started: datetime, exc: Exception
+) -> None:
+    try:
+        with open_store(db_path, wait_s=5) as con:
+            ensure_fixed_tables(con)
+            write_sync_run(con, {
+                "run_id": run_id, "trigger": options.trigger, "started_at": started,
+                "finished_at": datetime.now(UTC), "outcome": "failed",
+                "error": f"{type(exc).__name__}: {exc}"[:2000],
+            })
+    except Exception as record_exc:  # the original error matters more than the status row
+        log.warning("could not record the failed cycle in sync_runs: %s", record_exc)
+
+
+def _run_cycle(
+    conn: ConnectionSettings,
+    sync: SyncSettings,
+    db_path: Path,
+    options: CycleOptions,
+    client: DynamicsClient | None,
+    run_id: str,
+    started: datetime,
+) -> CycleResult:
+    with open_store(db_path, wait_s=options.store_wait_s) as con:
+        ensure_fixed_tables(con)
+        states = read_reader_states(con)
+        before = previously_synced_fields(con)
+        columns = existing_columns(con)
+
+    own_client = client is None
+    client = client or DynamicsClient(conn, page_size=options.page_size)
+    stage: Stage | None = None
+    try:
+        t0 = time.perf_counter()
+        plan = resolve_fields(client, sync.account_fields, sync.contact_fields, before)
+        for warning in plan.warnings:
+            log.warning(warning)
+        schema = plan_schema_change(columns, plan)
+        stage = Stage(db_path.with_name(db_path.name + ".stage"), plan, memory_limit=options.memory_limit)
+        modes: dict[str, str] = {}
+        new_states: dict[str, ReaderState] = {}
+        reconcile: dict[str, bool] = {}
+        for entity in ("contact", "account"):
+            state, mode = _fetch_entity(client, stage, plan, schema, entity, states.get(entity), options)
+            modes[entity] = mode
+            reconcile[entity] = mode in ("full", "resync")
+            if state is not None:
+                new_states[entity] = state
+        stage.finish()
+        fetch_s = time.perf_counter() - t0
+    except BaseException:
+        if stage is not None:
+            stage.discard()
+        raise
+    finally:
+        if own_client:
+            client.close()
+
+    t1 = time.perf_counter()
+    now = datetime.now(UTC)
+    try:
+        with open_store(db_path, wait_s=options.store_wait_s) as con:
+            con.execute(f"ATTACH '{_sql_path(stage.path)}' AS stage (READ_ONLY)")
+            con.execute("BEGIN TRANSACTION")
+            try:
+                # The columns may have changed since the first look (another cycle ran).
+                schema = plan_schema_change(existing_columns(con), plan)
+                apply_schema_change(con, plan, schema)
+                ctx = MergeContext(plan, schema, reconcile, run_id, now, sync.activity_log_contact_limit)
+                counts = apply_cycle(con, ctx)
+                if options.window is None:
+                    for s in new_states.values():
+                        write_reader_state(con, _with_cursor(con, s), run_id)
+                write_field_decisions(con, plan, run_id, now)
+                stats = client.stats
+                write_sync_run(con, {
+                    "run_id": run_id, "trigger": options.trigger, "started_at": started,
+                    "finished_at": datetime.now(UTC), "outcome": "success",
+                    "account_mode": modes["account"], "contact_mode": modes["contact"],
+                    "window_start": options.window[0] if options.window else None,
+                    "window_end": options.window[1] if options.window else None,
+                    "accounts_read": stage.rows["account"], "contacts_read": stage.rows["contact"],
+                    "accounts_upserted": counts.accounts_upserted,
+                    "contacts_upserted": counts.contacts_upserted,
+                    "accounts_deleted": counts.accounts_deleted,
+                    "contacts_deleted": counts.contacts_deleted,
+                    "contacts_repropagated": counts.contacts_repropagated,
+                    "activities_logged": counts.activities_logged,
+                    "activities_suppressed": counts.activities_suppressed,
+                    "requests": stats.requests, "retries": stats.retries,
+                    "throttle_wait_s": stats.throttle_wait_s,
+                })
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                con.execute("DETACH stage")
+            table_rows = {
+                t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
+                for t in ("accounts", "contacts", "activity_log", "sync_fields")
+            }
+            states_now = read_reader_states(con)
+    finally:
+        stage.discard()
+    return CycleResult(
+        run_id=run_id,
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        modes=modes,
+        rows_read=dict(stage.rows),
+        deletions_read=dict(stage.deleted),
+        counts=counts,
+        plan=plan,
+        stats=client.stats,
+        reader_states=states_now,
+        table_rows=table_rows,
+        fetch_s=fetch_s,
+        write_s=time.perf_counter() - t1,
+    )
+
+
+def _fetch_entity(
+    client: DynamicsClient,
+    stage: Stage,
+    plan: FieldPlan,
+    schema: SchemaChange,
+    entity: str,
+    state: ReaderState | None,
+    options: CycleOptions,
+) -> tuple[ReaderState | None, str]:
+    """Read one entity into the stage; returns its next reader state (None: unchanged) and mode."""
+    select = plan.select(entity)
+    select_list = ",".join(select)
+    entity_set, key = ENTITY_SET[entity], PRIMARY_KEY[entity]
+    now = datetime.now(UTC)
+    if options.window is not None:
+        start, end = options.window
+        window = f"modifiedon ge {odata_time(start)} and modifiedon lt {odata_time(end)}"
+        _drain(stage, entity, client.iter_pages(
+            entity_set, select=select, filter=window, orderby=f"modifiedon asc,{key} asc"))
+        return None, "window"
+    # A changed $select (field added or removed) needs every record again, not a delta.
+    fresh = state is None or state.select_list != select_list or schema.refill(entity)
+    if plan.change_tracking[entity]:
+        mode = "full"
+        if not fresh and state is not None and state.delta_link:
+            try:
+                link = _drain(stage, entity, client.iter_link(state.delta_link, track_changes=True))
+                return ReaderState(entity, "delta", link or state.delta_link, select_list, None, now), "delta"
+            except ExpiredDeltaToken:
+                log.warning("%s: the delta token expired; re-reading the whole table", entity)
+                stage.reset(entity)
+                mode = "resync"
+        link = _drain(stage, entity, client.iter_pages(entity_set, select=select, track_changes=True))
+        if link:
+            return ReaderState(entity, "delta", link, select_list, None, now), mode
+        log.warning("%s: change tracking is on but no delta link came back; using a cursor", entity)
+        return ReaderState(entity, "cursor", None, select_list, None, now), mode
+    if not fresh and state is not None and state.cursor_modifiedon is not None:
+        since = state.cursor_modifiedon - CURSOR_OVERLAP
+        _drain(stage, entity, client.iter_pages(
+            entity_set, select=select, filter=f"modifiedon ge {odata_time(since)}",
+            orderby=f"modifiedon asc,{key} asc"))
+        return ReaderState(entity, "cursor", None, select_list, state.cursor_modifiedon, now), "cursor"
+    _drain(stage, entity, client.iter_pages(entity_set, select=select, orderby=f"{key} asc"))
+    return ReaderState(entity, "cursor", None, select_list, None, now), "full"
+
+
+def _drain(stage: Stage, entity: str, pages: Iterator[Page]) -> str | None:
+    """Stream pages into the stage; return the delta link of the last page, if any."""
+    link = None
+    for page in pages:
+        stage.add_rows(entity, page.rows)
+        link = page.delta_link or link
+    return link
+
+
+def _with_cursor(con, state: ReaderState) -> ReaderState:
+    """A cursor reader advances to the newest modifiedon it committed, never backwards."""
+    if state.mode != "cursor":
+        return state
+    row = con.execute(f"SELECT max(modifiedon) FROM stage.s_{state.entity}").fetchone()
+    newest = row[0] if row else None
+    cursor = max((c for c in (state.cursor_modifiedon, newest) if c is not None), default=None)
+    return ReaderState(state.entity, state.mode, None, state.select_list, cursor, state.updated_at)
+
+
+def odata_time(value: datetime) -> str:
+    """An OData DateTimeOffset literal: unquoted, UTC, second precision."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _sql_path(path: Path) -> str:
+    return str(path).replace("'", "''")

@@ -1,0 +1,322 @@
+"""Which fields sync: the selection intersected with the org's metadata and column security."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+ENTITIES = ("account", "contact")
+ENTITY_SET = {"account": "accounts", "contact": "contacts"}
+PRIMARY_KEY = {"account": "accountid", "contact": "contactid"}
+
+# Columns every cycle reads whatever the selection: keys, versions and membership.
+SYSTEM_FIELDS = {
+    "account": ("accountid", "modifiedon", "versionnumber"),
+    "contact": ("contactid", "parentcustomerid", "accountid", "modifiedon", "versionnumber"),
+}
+
+SYSTEM_ADMINISTRATOR = "System Administrator"
+CAN_READ_ALLOWED = 4  # field_security_permission_type: 0 Not Allowed, 4 Allowed
+
+# AttributeTypeName.Value -> DuckDB type. Money and decimals keep their scale as DECIMAL.
+_DUCK_TYPES = {
+    "StringType": "VARCHAR",
+    "MemoType": "VARCHAR",
+    "IntegerType": "INTEGER",
+    "BigIntType": "BIGINT",
+    "DoubleType": "DOUBLE",
+    "BooleanType": "BOOLEAN",
+    "PicklistType": "INTEGER",
+    "StateType": "INTEGER",
+    "StatusType": "INTEGER",
+    "MultiSelectPicklistType": "VARCHAR",
+    "UniqueidentifierType": "UUID",
+    "LookupType": "UUID",
+    "CustomerType": "UUID",
+    "OwnerType": "UUID",
+    "EntityNameType": "VARCHAR",
+}
+_LOOKUP_TYPES = {"LookupType", "CustomerType", "OwnerType"}
+_CHOICE_TYPES = {"PicklistType", "StateType", "StatusType"}
+_UNSUPPORTED = {"VirtualType", "ImageType", "FileType", "PartyListType", "CalendarRulesType",
+                "ManagedPropertyType"}
+
+
+class FieldSelectionError(ValueError):
+    """The selection names fields the org does not have. Raised before anything is written."""
+
+
+class MetadataSource(Protocol):
+    """What the field resolver needs from the Dynamics client (read-only metadata calls)."""
+
+    def whoami(self) -> dict: ...
+    def entity_definition(self, logical_name: str) -> dict: ...
+    def attributes(self, logical_name: str) -> list[dict]: ...
+    def typed_attributes(
+        self, logical_name: str, metadata_type: str, select: Sequence[str], expand: str | None = None
+    ) -> list[dict]: ...
+    def attribute_privileges(self, user_id: str) -> list[dict]: ...
+    def role_names(self, user_id: str) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One synced Dynamics attribute and where it lands in DuckDB."""
+
+    entity: str
+    name: str  # logical name, also the DuckDB column
+    type_name: str  # AttributeTypeName.Value, e.g. "MoneyType"
+    duck_type: str
+    api_name: str  # the Web API property: lookups come as _<name>_value
+    metadata_id: str | None = None
+    options: tuple[tuple[int, str], ...] = ()  # choice codes and labels
+
+    @property
+    def is_choice(self) -> bool:
+        return self.type_name in _CHOICE_TYPES
+
+    @property
+    def is_lookup(self) -> bool:
+        return self.type_name in _LOOKUP_TYPES
+
+    @property
+    def label_column(self) -> str | None:
+        """Choices also keep their label (from the FormattedValue annotation)."""
+        return f"{self.name}_label" if self.is_choice else None
+
+    @property
+    def target_column(self) -> str | None:
+        """Lookups also keep the table they point to (the lookuplogicalname annotation)."""
+        return f"{self.name}_type" if self.is_lookup else None
+
+    def columns(self) -> list[tuple[str, str]]:
+        """(column, DuckDB type) pairs this field occupies."""
+        cols = [(self.name, self.duck_type)]
+        if self.label_column:
+            cols.append((self.label_column, "VARCHAR"))
+        if self.target_column:
+            cols.append((self.target_column, "VARCHAR"))
+        return cols
+
+
+@dataclass(frozen=True)
+class FieldDecision:
+    """A row of `sync_fields`: one selected (or system) field and why it does or does not sync."""
+
+    entity: str
+    field: str
+    selected: bool
+    exists: bool
+    readable: bool
+    synced: bool
+    reason: str
+    attribute_type: str | None = None
+    is_secured: bool = False
+
+
+@dataclass
+class FieldPlan:
+    """The effective fields of a cycle, per entity, and the decision for each selected name."""
+
+    fields: dict[str, list[FieldSpec]]
+    decisions: list[FieldDecision]
+    change_tracking: dict[str, bool]
+    sync_user_id: str | None = None
+    sync_user_is_admin: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    def synced(self, entity: str) -> list[FieldSpec]:
+        return self.fields[entity]
+
+    def select(self, entity: str) -> list[str]:
+        """The $select list: system columns plus the synced fields, as Web API properties."""
+        props = [_api_name(entity, f) for f in SYSTEM_FIELDS[entity]]
+        props += [f.api_name for f in self.fields[entity] if f.api_name not in props]
+        return props
+
+    def excluded(self) -> list[FieldDecision]:
+        return [d for d in self.decisions if d.selected and not d.synced]
+
+
+def _api_name(entity: str, name: str) -> str:
+    if entity == "contact" and name in ("parentcustomerid", "accountid"):
+        return f"_{name}_value"
+    return name
+
+
+def resolve_fields(
+    source: MetadataSource,
+    account_fields: Sequence[str],
+    contact_fields: Sequence[str],
+    previously_synced: Iterable[tuple[str, str]] = (),
+) -> FieldPlan:
+    """Intersect the selection with metadata (exists, IsValidForRead) and column security.
+
+    A selected name the org does not have is a configuration error (FieldSelectionError),
+    unless it synced before: then it was deleted in Dynamics, and it stops syncing with a
+    warning while the rest of the cycle goes on.
+    """
+    selection = {"account": list(account_fields), "contact": list(contact_fields)}
+    before = set(previously_synced)
+    who = source.whoami()
+    user_id = who.get("UserId")
+    is_admin = bool(user_id) and SYSTEM_ADMINISTRATOR in source.role_names(user_id)
+    readable_secured: set[str] = set()
+    if user_id and not is_admin:
+        readable_secured = {
+            str(p.get("AttributeId", "")).lower()
+            for p in source.attribute_privileges(user_id)
+            if p.get("CanRead") == CAN_READ_ALLOWED
+        }
+
+    unknown: dict[str, list[str]] = {}
+    known: dict[str, list[str]] = {}
+    plan = FieldPlan(fields={}, decisions=[], change_tracking={}, sync_user_id=user_id,
+                     sync_user_is_admin=is_admin)
+    for entity in ENTITIES:
+        definition = source.entity_definition(entity)
+        plan.change_tracking[entity] = bool(definition.get("ChangeTrackingEnabled"))
+        attrs = {a["LogicalName"]: a for a in source.attributes(entity)}
+        known[entity] = list(attrs)
+        extras = _type_details(source, entity, attrs, selection[entity])
+        specs: list[FieldSpec] = []
+        for name in selection[entity]:
+            attr = attrs.get(name)
+            if attr is None:
+                if (entity, name) in before:
+                    reason = "deleted in Dynamics: the attribute no longer exists in the org metadata"
+                    plan.warnings.append(f"{entity}.{name} was {reason}; it stops syncing")
+                    plan.decisions.append(FieldDecision(entity, name, True, False, False, False, reason))
+                else:
+                    unknown.setdefault(entity, []).append(name)
+                continue
+            decision, spec = _decide(entity, name, attr, extras.get(name, {}), is_admin, readable_secured)
+            plan.decisions.append(decision)
+            if spec is not None:
+                specs.append(spec)
+        plan.fields[entity] = specs
+        chosen = set(selection[entity])
+        for name, attr in attrs.items():
+            if name in chosen:
+                continue
+            readable = bool(attr.get("IsValidForRead")) and not attr.get("AttributeOf") and (
+                not attr.get("IsSecured")
+                or is_admin
+                or str(attr.get("MetadataId", "")).lower() in readable_secured
+            )
+            type_name = (attr.get("AttributeTypeName") or {}).get("Value")
+            reason = (
+                "always synced: a key, version or membership column dynsync maintains itself"
+                if name in SYSTEM_FIELDS[entity]
+                else "not selected in the settings file"
+            )
+            plan.decisions.append(
+                FieldDecision(entity, name, False, True, readable, name in SYSTEM_FIELDS[entity],
+                              reason, type_name, bool(attr.get("IsSecured")))
+            )
+    if unknown:
+        raise FieldSelectionError(_unknown_message(unknown, known))
+    return plan
+
+
+def _decide(
+    entity: str,
+    name: str,
+    attr: Mapping,
+    extra: Mapping,
+    is_admin: bool,
+    readable_secured: set[str],
+) -> tuple[FieldDecision, FieldSpec | None]:
+    type_name = (attr.get("AttributeTypeName") or {}).get("Value") or f"{attr.get('AttributeType')}Type"
+    secured = bool(attr.get("IsSecured"))
+
+    def no(reason: str, readable: bool = False) -> tuple[FieldDecision, None]:
+        return FieldDecision(entity, name, True, True, readable, False, reason, type_name, secured), None
+
+    if name in SYSTEM_FIELDS[entity]:
+        return no("always synced: a key, version or membership column dynsync maintains itself", True)
+    if attr.get("AttributeOf"):
+        return no(f"a name column of {attr['AttributeOf']} (not a Web API property); select "
+                  f"{attr['AttributeOf']} instead")
+    if not attr.get("IsValidForRead", False):
+        return no("not valid for read in Dynamics (IsValidForRead = false)")
+    if type_name in _UNSUPPORTED or type_name not in _DUCK_TYPES and type_name not in (
+        "MoneyType", "DecimalType", "DateTimeType"):
+        return no(f"type {type_name} is not synced (no value in the Web API row)", True)
+    if secured and not is_admin and str(attr.get("MetadataId", "")).lower() not in readable_secured:
+        return no("secured column: the sync user has no read permission in a field security "
+                  "profile (grant read, or remove it from the selection)")
+    duck_type = _duck_type(type_name, extra)
+    spec = FieldSpec(
+        entity=entity,
+        name=name,
+        type_name=type_name,
+        duck_type=duck_type,
+        api_name=f"_{name}_value" if type_name in _LOOKUP_TYPES else name,
+        metadata_id=attr.get("MetadataId"),
+        options=tuple(extra.get("options", ())),
+    )
+    reason = "synced" + (" (secured; the sync user may read it)" if secured else "")
+    return FieldDecision(entity, name, True, True, True, True, reason, type_name, secured), spec
+
+
+def _duck_type(type_name: str, extra: Mapping) -> str:
+    if type_name == "DateTimeType":
+        return "DATE" if extra.get("behavior") == "DateOnly" else "TIMESTAMPTZ"
+    if type_name == "MoneyType":
+        return "DECIMAL(38,4)"  # Dataverse stores money with 4 decimals whatever its display precision
+    if type_name == "DecimalType":
+        return f"DECIMAL(38,{min(max(int(extra.get('precision', 10)), 0), 10)})"
+    return _DUCK_TYPES[type_name]
+
+
+def _type_details(
+    source: MetadataSource, entity: str, attrs: Mapping[str, Mapping], selected: Sequence[str]
+) -> dict[str, dict]:
+    """Type-specific metadata (date behaviour, decimal precision, option labels) for the selection."""
+    wanted = {(attrs[n].get("AttributeTypeName") or {}).get("Value") for n in selected if n in attrs}
+    out: dict[str, dict] = {}
+    if "DateTimeType" in wanted:
+        for row in source.typed_attributes(
+            entity, "DateTimeAttributeMetadata", ["LogicalName", "DateTimeBehavior"]
+        ):
+            out.setdefault(row["LogicalName"], {})["behavior"] = (row.get("DateTimeBehavior") or {}).get(
+                "Value"
+            )
+    if "DecimalType" in wanted:
+        for row in source.typed_attributes(entity, "DecimalAttributeMetadata", ["LogicalName", "Precision"]):
+            out.setdefault(row["LogicalName"], {})["precision"] = row.get("Precision", 10)
+    for kind, meta in (
+        ("PicklistType", "PicklistAttributeMetadata"),
+        ("StateType", "StateAttributeMetadata"),
+        ("StatusType", "StatusAttributeMetadata"),
+    ):
+        if kind in wanted:
+            for row in source.typed_attributes(entity, meta, ["LogicalName"], expand="OptionSet"):
+                out.setdefault(row["LogicalName"], {})["options"] = _options(row)
+    return out
+
+
+def _options(row: Mapping) -> list[tuple[int, str]]:
+    options = []
+    for opt in ((row.get("OptionSet") or {}).get("Options") or []):
+        label = ((opt.get("Label") or {}).get("UserLocalizedLabel") or {}).get("Label")
+        options.append((int(opt["Value"]), label or str(opt["Value"])))
+    return options
+
+
+def _unknown_message(unknown: Mapping[str, list[str]], known: Mapping[str, list[str]]) -> str:
+    parts = []
+    for entity, names in unknown.items():
+        described = []
+        for n in names:
+            close = difflib.get_close_matches(n, known[entity], n=1)
+            described.append(f"{n} (did you mean {close[0]}?)" if close else n)
+        parts.append(f"{entity}_fields: {', '.join(described)}")
+    return (
+        "the selection names fields that do not exist in the Dynamics org: "
+        + "; ".join(parts)
+        + ". Fix the names in the settings file; nothing was written."
+    )

@@ -1,0 +1,338 @@
+"""The account-sync rules as set-based SQL: apply a cycle's staged rows to the store.
+
+Runs inside the cycle's single transaction, with the stage attached read-only as `stage`.
+Rule numbers refer to SPEC.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import duckdb
+
+from .fields import FieldPlan, FieldSpec
+from .store import SchemaChange, quote
+
+ACTIVITY_TYPE = "Change Data Value"
+SOURCE_SYNC = "Dynamics sync"
+SOURCE_LOCAL = "Local update"
+REASON_ACCOUNT_UPDATED = "Account updated in Dynamics"
+REASON_JOINED = "Contact joined an account in Dynamics"
+REASON_MOVED = "Contact moved to another account in Dynamics"
+REASON_LEFT = "Contact no longer has an account in Dynamics"
+
+
+def literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+@dataclass
+class MergeCounts:
+    accounts_upserted: int = 0
+    accounts_inserted: int = 0
+    accounts_deleted: int = 0
+    contacts_upserted: int = 0
+    contacts_inserted: int = 0
+    contacts_deleted: int = 0
+    contacts_repropagated: int = 0
+    local_edits_overwritten: int = 0
+    activities_logged: int = 0
+    activities_suppressed: int = 0
+    suppressed_accounts: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MergeContext:
+    plan: FieldPlan
+    schema: SchemaChange
+    reconcile_deletes: dict[str, bool]  # full reads: ids not seen were deleted in Dynamics
+    run_id: str
+    now: datetime
+    contact_limit: int
+
+
+def effective_accounts_sql(fields: list[FieldSpec], where: str = "") -> str:
+    """Account values as contacts should see them: Dynamics values, overlaid by pending local edits."""
+    cols = ["a.accountid"]
+    joins = []
+    for i, f in enumerate(fields):
+        e = f"e{i}"
+        joins.append(
+            f"LEFT JOIN local_edits {e} ON {e}.accountid = a.accountid AND {e}.field = {literal(f.name)}"
+        )
+        cols.append(
+            f"CASE WHEN {e}.accountid IS NULL THEN a.{quote(f.name)} "
+            f"ELSE CAST({e}.value AS {f.duck_type}) END AS {quote(f.name)}"
+        )
+        if f.label_column:
+            cols.append(
+                f"CASE WHEN {e}.accountid IS NULL THEN a.{quote(f.label_column)} ELSE "
+                f"(SELECT l.label FROM choice_labels l WHERE l.entity = 'account' "
+                f"AND l.field = {literal(f.name)} AND l.value = CAST({e}.value AS INTEGER)) "
+                f"END AS {quote(f.label_column)}"
+            )
+        if f.target_column:
+            cols.append(f"a.{quote(f.target_column)}")
+    return f"SELECT {', '.join(cols)} FROM accounts a {' '.join(joins)} {where}"
+
+
+def account_columns(plan: FieldPlan) -> list[str]:
+    return [c for f in plan.synced("account") for c, _t in f.columns()]
+
+
+def contact_columns(plan: FieldPlan) -> list[str]:
+    return [c for f in plan.synced("contact") for c, _t in f.columns()]
+
+
+def apply_cycle(con: duckdb.DuckDBPyConnection, ctx: MergeContext) -> MergeCounts:
+    counts = MergeCounts()
+    _apply_accounts(con, ctx, counts)
+    _apply_contacts(con, ctx, counts)
+    _repropagate(con, ctx, counts)
+    _refill_new_account_columns(con, ctx)
+    for t in ("acc_upd", "con_upd", "prop"):
+        con.execute(f"DROP TABLE IF EXISTS {t}")
+    return counts
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> int:
+    row = con.execute(sql, params or []).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _apply_accounts(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: MergeCounts) -> None:
+    cols = account_columns(ctx.plan)
+    # Rule 5: only a higher versionnumber is an update; a re-read of the same version is not,
+    # and an older version (a backfill re-reading history) never overwrites newer data.
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE acc_upd AS
+        SELECT s.*, a.accountid IS NULL AS is_new
+        FROM stage.s_account s LEFT JOIN accounts a USING (accountid)
+        WHERE NOT s._deleted
+          AND (a.accountid IS NULL OR s.versionnumber > a.versionnumber
+               OR (a.is_deleted AND s.versionnumber >= a.versionnumber))
+        """
+    )
+    sets = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in cols)
+    sets = (sets + ", ") if sets else ""
+    con.execute(
+        f"""
+        UPDATE accounts a SET {sets} modifiedon = s.modifiedon, versionnumber = s.versionnumber,
+            is_deleted = false, deleted_at = NULL, last_synced_at = $now, last_run_id = $run
+        FROM acc_upd s WHERE a.accountid = s.accountid AND NOT s.is_new
+        """,
+        {"now": ctx.now, "run": ctx.run_id},
+    )
+    names = ", ".join(quote(c) for c in ["accountid", *cols, "modifiedon", "versionnumber"])
+    con.execute(
+        f"""
+        INSERT INTO accounts ({names}, first_synced_at, last_synced_at, last_run_id)
+        SELECT {names}, $now, $now, $run FROM acc_upd WHERE is_new
+        """,
+        {"now": ctx.now, "run": ctx.run_id},
+    )
+    counts.accounts_upserted = _scalar(con, "SELECT count(*) FROM acc_upd")
+    counts.accounts_inserted = _scalar(con, "SELECT count(*) FROM acc_upd WHERE is_new")
+    # A field added to the selection: fill it on records whose version did not change.
+    added = [c for c in ctx.schema.added.get("accounts", [])]
+    if added:
+        fill = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in added)
+        con.execute(
+            f"UPDATE accounts a SET {fill} FROM stage.s_account s "
+            "WHERE a.accountid = s.accountid AND NOT s._deleted AND s.versionnumber = a.versionnumber"
+        )
+    counts.accounts_deleted = _mark_deleted(con, "accounts", "accountid", "s_account", ctx)
+    # Rule 5: a Dynamics update made at or after a local edit overwrites it (modifiedon has
+    # second precision, so an update in the same second as the edit wins).
+    before = _scalar(con, "SELECT count(*) FROM local_edits")
+    con.execute(
+        """
+        DELETE FROM local_edits e USING acc_upd s
+        WHERE e.accountid = s.accountid AND s.modifiedon >= date_trunc('second', e.edited_at)
+        """
+    )
+    counts.local_edits_overwritten = before - _scalar(con, "SELECT count(*) FROM local_edits")
+
+
+def _mark_deleted(
+    con: duckdb.DuckDBPyConnection, table: str, key: str, stage_table: str, ctx: MergeContext
+) -> int:
+    entity = "account" if table == "accounts" else "contact"
+    before = _scalar(con, f"SELECT count(*) FROM {table} WHERE is_deleted")
+    con.execute(
+        f"""
+        UPDATE {table} SET is_deleted = true, deleted_at = $now, last_run_id = $run
+        WHERE NOT is_deleted AND {key} IN (SELECT {key} FROM stage.{stage_table} WHERE _deleted)
+        """,
+        {"now": ctx.now, "run": ctx.run_id},
+    )
+    if ctx.reconcile_deletes.get(entity):
+        # A full read saw every live record: anything stored but not seen is gone in Dynamics.
+        con.execute(
+            f"""
+            UPDATE {table} t SET is_deleted = true, deleted_at = $now, last_run_id = $run
+            WHERE NOT t.is_deleted
+              AND NOT EXISTS (SELECT 1 FROM stage.{stage_table} s WHERE s.{key} = t.{key})
+            """,
+            {"now": ctx.now, "run": ctx.run_id},
+        )
+    return _scalar(con, f"SELECT count(*) FROM {table} WHERE is_deleted") - before
+
+
+def _apply_contacts(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: MergeCounts) -> None:
+    own = contact_columns(ctx.plan)
+    acc = account_columns(ctx.plan)
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE con_upd AS
+        SELECT s.*, c.contactid IS NULL AS is_new, c.accountid AS old_accountid
+        FROM stage.s_contact s LEFT JOIN contacts c USING (contactid)
+        WHERE NOT s._deleted
+          AND (c.contactid IS NULL OR s.versionnumber > c.versionnumber
+               OR (c.is_deleted AND s.versionnumber >= c.versionnumber))
+        """
+    )
+    membership = ["accountid", "parentcustomerid", "parentcustomerid_type"]
+    sets = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in [*membership, *own])
+    con.execute(
+        f"""
+        UPDATE contacts c SET {sets}, modifiedon = s.modifiedon, versionnumber = s.versionnumber,
+            is_deleted = false, deleted_at = NULL, last_synced_at = $now, last_run_id = $run
+        FROM con_upd s WHERE c.contactid = s.contactid AND NOT s.is_new
+        """,
+        {"now": ctx.now, "run": ctx.run_id},
+    )
+    # Rule 4: a new contact takes its account's values as part of the record (no activity).
+    names = ["contactid", *membership, *own, "modifiedon", "versionnumber"]
+    target = ", ".join(quote(c) for c in [*names, *(f"account_{c}" for c in acc)])
+    source = ", ".join([*(f"s.{quote(c)}" for c in names), *(f"eff.{quote(c)}" for c in acc)])
+    eff = effective_accounts_sql(
+        ctx.plan.synced("account"),
+        "WHERE a.accountid IN (SELECT accountid FROM con_upd WHERE is_new)",
+    )
+    con.execute(
+        f"""
+        INSERT INTO contacts ({target}, first_synced_at, last_synced_at, last_run_id)
+        SELECT {source}, $now, $now, $run
+        FROM con_upd s LEFT JOIN ({eff}) eff ON eff.accountid = s.accountid
+        WHERE s.is_new
+        """,
+        {"now": ctx.now, "run": ctx.run_id},
+    )
+    counts.contacts_upserted = _scalar(con, "SELECT count(*) FROM con_upd")
+    counts.contacts_inserted = _scalar(con, "SELECT count(*) FROM con_upd WHERE is_new")
+    added = [c for c in ctx.schema.added.get("contacts", []) if not c.startswith("account_")]
+    if added:
+        fill = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in added)
+        con.execute(
+            f"UPDATE contacts c SET {fill} FROM stage.s_contact s "
+            "WHERE c.contactid = s.contactid AND NOT s._deleted AND s.versionnumber = c.versionnumber"
+        )
+    counts.contacts_deleted = _mark_deleted(con, "contacts", "contactid", "s_contact", ctx)
+
+
+def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: MergeCounts) -> None:
+    """Rules 4, 6, 7: push account values onto existing contacts and log what changed."""
+    fields = ctx.plan.synced("account")
+    cols = account_columns(ctx.plan)
+    if not cols:
+        return
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE prop AS
+        SELECT contactid, accountid AS new_accountid, old_accountid,
+               CASE WHEN old_accountid IS NULL THEN {literal(REASON_JOINED)}
+                    WHEN accountid IS NULL THEN {literal(REASON_LEFT)}
+                    ELSE {literal(REASON_MOVED)} END AS reason,
+               modifiedon AS occurred_at, false AS account_change
+        FROM con_upd WHERE NOT is_new AND old_accountid IS DISTINCT FROM accountid
+        UNION ALL
+        SELECT c.contactid, c.accountid, c.accountid, {literal(REASON_ACCOUNT_UPDATED)},
+               a.modifiedon, true
+        FROM contacts c JOIN acc_upd a ON c.accountid = a.accountid
+        WHERE NOT c.is_deleted
+          AND NOT EXISTS (SELECT 1 FROM con_upd u WHERE u.contactid = c.contactid
+                          AND (u.is_new OR u.old_accountid IS DISTINCT FROM u.accountid))
+        """
+    )
+    counts.contacts_repropagated = _scalar(con, "SELECT count(*) FROM prop")
+    if counts.contacts_repropagated == 0:
+        return
+    eff = effective_accounts_sql(
+        fields, "WHERE a.accountid IN (SELECT new_accountid FROM prop)"
+    )
+    olds = ", ".join(f"c.{quote('account_' + c)} AS {quote('old_' + c)}" for c in cols)
+    news = ", ".join(f"eff.{quote(c)} AS {quote('new_' + c)}" for c in cols)
+    # Rule 7: the limit is checked against the account's contacts after this cycle's moves.
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE prop_vals AS
+        SELECT p.*, {olds}, {news}, coalesce(n.contact_count, 0) AS contact_count,
+               p.account_change AND coalesce(n.contact_count, 0) > $limit AS suppressed
+        FROM prop p JOIN contacts c USING (contactid)
+        LEFT JOIN ({eff}) eff ON eff.accountid = p.new_accountid
+        LEFT JOIN (SELECT accountid, count(*) AS contact_count FROM contacts
+                   WHERE NOT is_deleted AND accountid IN (SELECT accountid FROM acc_upd)
+                   GROUP BY accountid) n ON n.accountid = p.new_accountid
+        """,
+        {"limit": ctx.contact_limit},
+    )
+    fresh = ctx.schema.new_account_fields()
+    logged = [f.name for f in fields if f.name not in fresh]
+    if logged:
+        diffs = " UNION ALL ".join(
+            f"SELECT contactid, coalesce(new_accountid, old_accountid) AS accountid, "
+            f"{literal(n)} AS attribute, CAST({quote('old_' + n)} AS VARCHAR) AS old_value, "
+            f"CAST({quote('new_' + n)} AS VARCHAR) AS new_value, reason, occurred_at, "
+            f"suppressed, contact_count FROM prop_vals "
+            f"WHERE {quote('old_' + n)} IS DISTINCT FROM {quote('new_' + n)}"
+            for n in logged
+        )
+        con.execute(f"CREATE OR REPLACE TEMP TABLE prop_diffs AS {diffs}")
+        con.execute(
+            f"""
+            INSERT INTO activity_log (activity_type, contactid, accountid, attribute, old_value,
+                new_value, source, reason, occurred_at, run_id, logged_at)
+            SELECT {literal(ACTIVITY_TYPE)}, contactid, accountid, attribute, old_value, new_value,
+                   {literal(SOURCE_SYNC)}, reason, occurred_at, $run, $now
+            FROM prop_diffs WHERE NOT suppressed
+            ORDER BY occurred_at, contactid, attribute
+            """,
+            {"run": ctx.run_id, "now": ctx.now},
+        )
+        counts.activities_logged = _scalar(con, "SELECT count(*) FROM prop_diffs WHERE NOT suppressed")
+        con.execute(
+            """
+            INSERT INTO activity_suppressions (run_id, accountid, contact_count, contact_limit,
+                attributes, rows_suppressed, occurred_at, logged_at)
+            SELECT $run, accountid, any_value(contact_count), $limit, list_sort(list(DISTINCT attribute)),
+                   count(*), max(occurred_at), $now
+            FROM prop_diffs WHERE suppressed GROUP BY accountid
+            """,
+            {"run": ctx.run_id, "now": ctx.now, "limit": ctx.contact_limit},
+        )
+        rows = con.execute(
+            "SELECT CAST(accountid AS VARCHAR), any_value(contact_count), count(*) "
+            "FROM prop_diffs WHERE suppressed GROUP BY accountid ORDER BY accountid"
+        ).fetchall()
+        counts.suppressed_accounts = [
+            {"accountid": a, "contacts": int(n), "rows_suppressed": int(r)} for a, n, r in rows
+        ]
+        counts.activities_suppressed = sum(r[2] for r in rows)
+        con.execute("DROP TABLE prop_diffs")
+    sets = ", ".join(f"{quote('account_' + c)} = v.{quote('new_' + c)}" for c in cols)
+    con.execute(f"UPDATE contacts c SET {sets} FROM prop_vals v WHERE c.contactid = v.contactid")
+    con.execute("DROP TABLE prop_vals")
+
+
+def _refill_new_account_columns(con: duckdb.DuckDBPyConnection, ctx: MergeContext) -> None:
+    """A newly selected account field reaches every contact at once, without activity rows."""
+    added = [c[len("account_"):] for c in ctx.schema.added.get("contacts", []) if c.startswith("account_")]
+    if not added:
+        return
+    fields = [f for f in ctx.plan.synced("account") if any(c in added for c, _t in f.columns())]
+    eff = effective_accounts_sql(fields)
+    sets = ", ".join(f"{quote('account_' + c)} = eff.{quote(c)}" for c in added)
+    con.execute(f"UPDATE contacts c SET {sets} FROM ({eff}) eff WHERE c.accountid = eff.accountid")

@@ -1,0 +1,198 @@
+"""Settings from the environment (connection, secrets) and the settings YAML (field selection)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+DEFAULT_DUCKDB_PATH = "data/dynsync.duckdb"
+DEFAULT_CONFIG_PATH = "dynsync.yaml"
+DEFAULT_ACTIVITY_LOG_CONTACT_LIMIT = 5000
+API_PATH = "/api/data/v9.2/"
+
+# Dataverse logical names are lower-case ASCII identifiers; anything else cannot be a field.
+_LOGICAL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed. The message names the setting and the fix."""
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """Where the Dynamics org is and how to sign in. Secrets are kept out of repr()."""
+
+    url: str
+    tenant_id: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    authority_host: str = DEFAULT_AUTHORITY_HOST
+    ca_bundle: str | None = None
+
+    @property
+    def api_root(self) -> str:
+        return self.url + API_PATH
+
+    @property
+    def scope(self) -> str:
+        return self.url + "/.default"
+
+    @property
+    def authority(self) -> str:
+        return f"{self.authority_host}/{self.tenant_id}"
+
+    @property
+    def flow(self) -> str:
+        return "ropc" if self.username else "client_credentials"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never appear in logs, metadata or the DuckDB file."""
+        return tuple(s for s in (self.client_secret, self.password) if s)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ConnectionSettings:
+        env = os.environ if env is None else env
+        missing = [
+            name
+            for name in (
+                "DYNAMICS_URL",
+                "DYNAMICS_TENANT_ID",
+                "DYNAMICS_CLIENT_ID",
+                "DYNAMICS_CLIENT_SECRET",
+            )
+            if not env.get(name)
+        ]
+        if missing:
+            raise SettingsError(
+                f"missing environment variable(s) {', '.join(missing)}: set them to the org URL "
+                "and the app registration's tenant id, client id and secret "
+                "(or run `dynsync demo` to use the built-in simulator)"
+            )
+        username = env.get("DYNAMICS_USERNAME") or None
+        password = env.get("DYNAMICS_PASSWORD") or None
+        if bool(username) != bool(password):
+            raise SettingsError(
+                "DYNAMICS_USERNAME and DYNAMICS_PASSWORD go together: set both for the "
+                "username/password (ROPC) flow, or neither for client credentials"
+            )
+        ca_bundle = env.get("DYNAMICS_CA_BUNDLE") or None
+        if ca_bundle and not Path(ca_bundle).is_file():
+            raise SettingsError(
+                f"DYNAMICS_CA_BUNDLE points at {ca_bundle!r}, which is not a file: "
+                "give the path of a PEM file with the CA certificate(s) to trust"
+            )
+        return cls(
+            url=_https_base_url("DYNAMICS_URL", env["DYNAMICS_URL"]),
+            tenant_id=env["DYNAMICS_TENANT_ID"].strip(),
+            client_id=env["DYNAMICS_CLIENT_ID"].strip(),
+            client_secret=env["DYNAMICS_CLIENT_SECRET"],
+            username=username,
+            password=password,
+            authority_host=_https_base_url(
+                "DYNAMICS_AUTHORITY_HOST", env.get("DYNAMICS_AUTHORITY_HOST") or DEFAULT_AUTHORITY_HOST
+            ),
+            ca_bundle=ca_bundle,
+        )
+
+
+def _https_base_url(name: str, value: str) -> str:
+    """Normalise a base URL: https only, no trailing slash, no path beyond the host."""
+    value = value.strip().rstrip("/")
+    if value.endswith(API_PATH.rstrip("/")):
+        value = value[: -len(API_PATH.rstrip("/"))]
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.netloc:
+        raise SettingsError(
+            f"{name}={value!r} is not an https URL: use the form https://<host>[:port] "
+            "(e.g. https://contoso.crm.dynamics.com)"
+        )
+    if parts.path not in ("", "/") or parts.query:
+        raise SettingsError(
+            f"{name}={value!r} has a path: give only the base URL, e.g. https://contoso.crm.dynamics.com"
+        )
+    return f"https://{parts.netloc}"
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """What to sync: the field selection and the activity-log limit (the settings YAML)."""
+
+    account_fields: tuple[str, ...]
+    contact_fields: tuple[str, ...]
+    activity_log_contact_limit: int = DEFAULT_ACTIVITY_LOG_CONTACT_LIMIT
+    source: str = "<defaults>"
+
+    @classmethod
+    def from_mapping(cls, data: object, source: str = "<mapping>") -> SyncSettings:
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise SettingsError(f"{source}: expected a mapping with keys account_fields, contact_fields")
+        unknown = sorted(set(data) - {"account_fields", "contact_fields", "activity_log_contact_limit"})
+        if unknown:
+            raise SettingsError(
+                f"{source}: unknown key(s) {', '.join(map(str, unknown))}; the keys are "
+                "account_fields, contact_fields, activity_log_contact_limit"
+            )
+        limit = data.get("activity_log_contact_limit", DEFAULT_ACTIVITY_LOG_CONTACT_LIMIT)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise SettingsError(
+                f"{source}: activity_log_contact_limit must be a whole number >= 0, got {limit!r}"
+            )
+        return cls(
+            account_fields=_field_list(source, "account_fields", data.get("account_fields")),
+            contact_fields=_field_list(source, "contact_fields", data.get("contact_fields")),
+            activity_log_contact_limit=limit,
+            source=source,
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None) -> SyncSettings:
+        path = Path(path or os.environ.get("DYNSYNC_CONFIG") or DEFAULT_CONFIG_PATH)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise SettingsError(
+                f"settings file {str(path)!r} not found: create it (see dynsync.yaml in the "
+                "repository) or point DYNSYNC_CONFIG at it"
+            ) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise SettingsError(f"{path}: not valid YAML{where}: {exc}") from None
+        return cls.from_mapping(data, source=str(path))
+
+
+def _field_list(source: str, key: str, value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SettingsError(f"{source}: {key} must be a list of field logical names")
+    names = [v.strip().lower() for v in value]
+    bad = [v for v in names if not _LOGICAL_NAME.match(v)]
+    if bad:
+        raise SettingsError(
+            f"{source}: {key} has names that cannot be Dynamics logical names: {bad!r} "
+            "(lower-case letters, digits and underscores)"
+        )
+    dupes = sorted({v for v in names if names.count(v) > 1})
+    if dupes:
+        raise SettingsError(f"{source}: {key} lists {', '.join(dupes)} more than once")
+    return tuple(names)
+
+
+def duckdb_path(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get("DYNSYNC_DUCKDB_PATH") or DEFAULT_DUCKDB_PATH)

@@ -1,0 +1,84 @@
+"""The status tables: where each entity's reader stands, which fields sync and why, each cycle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import duckdb
+
+from .fields import ENTITIES, FieldPlan
+
+
+@dataclass(frozen=True)
+class ReaderState:
+    """Where an entity's incremental reader resumes: a delta link, or a modifiedon cursor."""
+
+    entity: str
+    mode: str
+    delta_link: str | None
+    select_list: str | None
+    cursor_modifiedon: datetime | None
+    updated_at: datetime | None
+
+
+def read_reader_states(con: duckdb.DuckDBPyConnection) -> dict[str, ReaderState]:
+    rows = con.execute(
+        "SELECT entity, mode, delta_link, select_list, cursor_modifiedon, updated_at FROM sync_state"
+    ).fetchall()
+    return {r[0]: ReaderState(*r) for r in rows}
+
+
+def write_reader_state(con: duckdb.DuckDBPyConnection, state: ReaderState, run_id: str) -> None:
+    con.execute("DELETE FROM sync_state WHERE entity = ?", [state.entity])
+    con.execute(
+        "INSERT INTO sync_state (entity, mode, delta_link, select_list, cursor_modifiedon, run_id, "
+        "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [state.entity, state.mode, state.delta_link, state.select_list, state.cursor_modifiedon,
+         run_id, state.updated_at],
+    )
+
+
+def previously_synced_fields(con: duckdb.DuckDBPyConnection) -> set[tuple[str, str]]:
+    rows = con.execute("SELECT entity, field FROM sync_fields WHERE synced AND selected").fetchall()
+    return {(e, f) for e, f in rows}
+
+
+def write_field_decisions(
+    con: duckdb.DuckDBPyConnection, plan: FieldPlan, run_id: str, now: datetime
+) -> None:
+    """Replace sync_fields and choice_labels with this cycle's decisions and option labels."""
+    specs = {(f.entity, f.name): f for e in ENTITIES for f in plan.synced(e)}
+    rows = []
+    for d in plan.decisions:
+        spec = specs.get((d.entity, d.field))
+        rows.append(
+            (d.entity, d.field, d.selected, d.exists, d.readable, d.synced, d.reason,
+             d.attribute_type, d.is_secured, spec.duck_type if spec else None,
+             [c for c, _t in spec.columns()] if spec else None, run_id, now)
+        )
+    con.execute("DELETE FROM sync_fields")
+    if rows:
+        con.executemany(
+            "INSERT INTO sync_fields VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+        )
+    con.execute("DELETE FROM choice_labels")
+    labels = [(f.entity, f.name, v, label) for f in specs.values() for v, label in f.options]
+    if labels:
+        con.executemany("INSERT INTO choice_labels VALUES (?, ?, ?, ?)", labels)
+
+
+SYNC_RUN_COLUMNS = (
+    "run_id", "trigger", "started_at", "finished_at", "outcome", "account_mode", "contact_mode",
+    "window_start", "window_end", "accounts_read", "contacts_read", "accounts_upserted",
+    "contacts_upserted", "accounts_deleted", "contacts_deleted", "contacts_repropagated",
+    "activities_logged", "activities_suppressed", "requests", "retries", "throttle_wait_s", "error",
+)
+
+
+def write_sync_run(con: duckdb.DuckDBPyConnection, values: dict) -> None:
+    cols = [c for c in SYNC_RUN_COLUMNS if c in values]
+    con.execute(
+        f"INSERT INTO sync_runs ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
+        [values[c] for c in cols],
+    )

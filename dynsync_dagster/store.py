@@ -1,0 +1,255 @@
+"""The DuckDB file: connections, the fixed tables, and the field columns that follow the selection."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from .fields import FieldPlan, FieldSpec
+
+# Columns dynsync maintains itself; every other column of accounts/contacts is a synced field.
+ACCOUNT_BASE = {
+    "accountid": "UUID",
+    "modifiedon": "TIMESTAMPTZ",
+    "versionnumber": "BIGINT",
+    "is_deleted": "BOOLEAN NOT NULL DEFAULT false",
+    "deleted_at": "TIMESTAMPTZ",
+    "first_synced_at": "TIMESTAMPTZ",
+    "last_synced_at": "TIMESTAMPTZ",
+    "last_run_id": "VARCHAR",
+}
+CONTACT_BASE = {
+    "contactid": "UUID",
+    "accountid": "UUID",
+    "parentcustomerid": "UUID",
+    "parentcustomerid_type": "VARCHAR",
+    "modifiedon": "TIMESTAMPTZ",
+    "versionnumber": "BIGINT",
+    "is_deleted": "BOOLEAN NOT NULL DEFAULT false",
+    "deleted_at": "TIMESTAMPTZ",
+    "first_synced_at": "TIMESTAMPTZ",
+    "last_synced_at": "TIMESTAMPTZ",
+    "last_run_id": "VARCHAR",
+}
+BASE_COLUMNS = {"accounts": ACCOUNT_BASE, "contacts": CONTACT_BASE}
+
+FIXED_TABLES = """
+CREATE SEQUENCE IF NOT EXISTS activity_id_seq;
+CREATE TABLE IF NOT EXISTS activity_log (
+    activity_id BIGINT DEFAULT nextval('activity_id_seq'),
+    activity_type VARCHAR NOT NULL,
+    contactid UUID NOT NULL,
+    accountid UUID,
+    attribute VARCHAR NOT NULL,
+    old_value VARCHAR,
+    new_value VARCHAR,
+    source VARCHAR NOT NULL,
+    reason VARCHAR NOT NULL,
+    occurred_at TIMESTAMPTZ NOT NULL,
+    run_id VARCHAR,
+    logged_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS activity_suppressions (
+    run_id VARCHAR,
+    accountid UUID NOT NULL,
+    contact_count BIGINT NOT NULL,
+    contact_limit BIGINT NOT NULL,
+    attributes VARCHAR[] NOT NULL,
+    rows_suppressed BIGINT NOT NULL,
+    occurred_at TIMESTAMPTZ,
+    logged_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS local_edits (
+    accountid UUID NOT NULL,
+    field VARCHAR NOT NULL,
+    value VARCHAR,
+    via_contactid UUID,
+    account_versionnumber BIGINT,
+    edited_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sync_fields (
+    entity VARCHAR NOT NULL,
+    field VARCHAR NOT NULL,
+    selected BOOLEAN NOT NULL,
+    "exists" BOOLEAN NOT NULL,
+    readable BOOLEAN NOT NULL,
+    synced BOOLEAN NOT NULL,
+    reason VARCHAR NOT NULL,
+    attribute_type VARCHAR,
+    is_secured BOOLEAN,
+    duckdb_type VARCHAR,
+    columns VARCHAR[],
+    run_id VARCHAR,
+    updated_at TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS choice_labels (
+    entity VARCHAR NOT NULL,
+    field VARCHAR NOT NULL,
+    value INTEGER NOT NULL,
+    label VARCHAR
+);
+CREATE TABLE IF NOT EXISTS sync_state (
+    entity VARCHAR NOT NULL,
+    mode VARCHAR NOT NULL,
+    delta_link VARCHAR,
+    select_list VARCHAR,
+    cursor_modifiedon TIMESTAMPTZ,
+    run_id VARCHAR,
+    updated_at TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS sync_runs (
+    run_id VARCHAR NOT NULL,
+    trigger VARCHAR,
+    started_at TIMESTAMPTZ NOT NULL,
+    finished_at TIMESTAMPTZ,
+    outcome VARCHAR NOT NULL,
+    account_mode VARCHAR,
+    contact_mode VARCHAR,
+    window_start TIMESTAMPTZ,
+    window_end TIMESTAMPTZ,
+    accounts_read BIGINT,
+    contacts_read BIGINT,
+    accounts_upserted BIGINT,
+    contacts_upserted BIGINT,
+    accounts_deleted BIGINT,
+    contacts_deleted BIGINT,
+    contacts_repropagated BIGINT,
+    activities_logged BIGINT,
+    activities_suppressed BIGINT,
+    requests BIGINT,
+    retries BIGINT,
+    throttle_wait_s DOUBLE,
+    error VARCHAR
+);
+"""
+
+
+class StoreBusyError(RuntimeError):
+    """Another process holds the DuckDB file (a cycle is running). Retry in a moment."""
+
+
+def quote(identifier: str) -> str:
+    """Quote an identifier for SQL. Names reaching here were validated against Dynamics metadata."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def connect(path: Path, *, read_only: bool = False, wait_s: float = 0.0) -> duckdb.DuckDBPyConnection:
+    """Open the store, creating it readable by its owner only; UTC for every timestamp."""
+    path = Path(path)
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            if time.monotonic() >= deadline:
+                raise StoreBusyError(
+                    f"{path} is in use by another process (a sync cycle is writing it); "
+                    "retry in a moment"
+                ) from None
+            time.sleep(0.2)
+    if not read_only:
+        _owner_only(path)
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def _owner_only(path: Path) -> None:
+    for p in (path, path.with_name(path.name + ".wal")):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(p, 0o600)
+
+
+@contextlib.contextmanager
+def open_store(path: Path, *, read_only: bool = False, wait_s: float = 0.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    con = connect(path, read_only=read_only, wait_s=wait_s)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def ensure_fixed_tables(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(FIXED_TABLES)
+    for table, base in BASE_COLUMNS.items():
+        cols = ", ".join(f"{quote(c)} {t}" for c, t in base.items())
+        con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
+
+
+def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
+    rows = con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position",
+        [table],
+    ).fetchall()
+    return {name: dtype for name, dtype in rows}
+
+
+def desired_field_columns(plan: FieldPlan) -> dict[str, dict[str, tuple[str, FieldSpec]]]:
+    """Per table: field column -> (DuckDB type, the field it holds)."""
+    accounts = {c: (t, f) for f in plan.synced("account") for c, t in f.columns()}
+    contacts = {c: (t, f) for f in plan.synced("contact") for c, t in f.columns()}
+    contacts.update({f"account_{c}": (t, f) for c, (t, f) in accounts.items()})
+    return {"accounts": accounts, "contacts": contacts}
+
+
+@dataclass
+class SchemaChange:
+    added: dict[str, list[str]]  # table -> columns added this cycle (filled without activity)
+    dropped: dict[str, list[str]]
+
+    def refill(self, entity: str) -> bool:
+        """A field column was added to this entity's table: its records must all be re-read."""
+        table = {"account": "accounts", "contact": "contacts"}[entity]
+        cols = [c for c in self.added.get(table, []) if not c.startswith("account_")]
+        return bool(cols)
+
+    def new_account_fields(self) -> set[str]:
+        return {c[len("account_"):] for c in self.added.get("contacts", []) if c.startswith("account_")}
+
+
+def existing_columns(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, str]]:
+    return {table: table_columns(con, table) for table in BASE_COLUMNS}
+
+
+def plan_schema_change(existing: dict[str, dict[str, str]], plan: FieldPlan) -> SchemaChange:
+    """What apply_schema_change will do, worked out before the fetch so that an entity that
+    gains a field column is re-read in full (Marketo's "Quick Sync" fill)."""
+    desired = desired_field_columns(plan)
+    added: dict[str, list[str]] = {}
+    dropped: dict[str, list[str]] = {}
+    for table, base in BASE_COLUMNS.items():
+        have = {c: t for c, t in existing[table].items() if c not in base}
+        want = desired[table]
+        for col, (dtype, _f) in want.items():
+            if col not in have or not _same_type(have[col], dtype):
+                added.setdefault(table, []).append(col)
+        for col, dtype in have.items():
+            if col not in want or not _same_type(dtype, want[col][0]):
+                dropped.setdefault(table, []).append(col)
+    return SchemaChange(added, dropped)
+
+
+def apply_schema_change(con: duckdb.DuckDBPyConnection, plan: FieldPlan, change: SchemaChange) -> None:
+    desired = desired_field_columns(plan)
+    for table, cols in change.dropped.items():
+        for col in cols:
+            con.execute(f"ALTER TABLE {table} DROP COLUMN {quote(col)}")
+    for table, cols in change.added.items():
+        for col in cols:
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {quote(col)} {desired[table][col][0]}")
+
+
+def _same_type(have: str, want: str) -> bool:
+    norm = {"TIMESTAMPTZ": "TIMESTAMP WITH TIME ZONE"}
+    return norm.get(have.upper(), have.upper()) == norm.get(want.upper(), want.upper())
