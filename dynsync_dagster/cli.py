@@ -1,0 +1,173 @@
+"""The `dynsync` command: sync, local edits, the simulator and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .settings import ConnectionSettings, SettingsError, SyncSettings, duckdb_path
+
+log = logging.getLogger("dynsync")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+JOB_NAME = "dynamics_sync_job"
+
+
+class CommandError(RuntimeError):
+    """A failure to report in one line, without a traceback."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (CommandError, SettingsError) as exc:
+        print(f"dynsync {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dynsync",
+        description="Keep a DuckDB copy of a Dynamics 365 org's accounts and contacts.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sync", help="run one sync cycle now (the job the schedule runs)")
+    p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser(
+        "set-account-field",
+        help="edit an account field locally, on every contact of the contact's account "
+        "(DuckDB only; never sent to Dynamics)",
+    )
+    p.add_argument("--contact-id", required=True)
+    p.add_argument("--field", required=True)
+    p.add_argument("--value", required=True, help="the new value; the word NULL clears it")
+    p.set_defaults(func=cmd_set_account_field)
+
+    p = sub.add_parser("simulator", help="run the built-in Dynamics simulator", add_help=False)
+    p.add_argument("simulator_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_simulator)
+
+    p = sub.add_parser("demo", help="end to end on the built-in simulator")
+    p.add_argument("--dir", default="data/demo", help="where the demo keeps its files")
+    p.add_argument("--accounts", type=int, default=300)
+    p.add_argument("--contacts", type=int, default=9000)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+# -- sync ------------------------------------------------------------------------------------
+
+
+def run_sync_job(trigger: str = "cli"):
+    """Run the sync job in this process, on the Dagster instance at DAGSTER_HOME if set."""
+    import dagster as dg
+
+    from .definitions import defs
+
+    job = defs().resolve_job_def(JOB_NAME)
+    home = os.environ.get("DAGSTER_HOME")
+    instance = dg.DagsterInstance.get() if home else dg.DagsterInstance.ephemeral()
+    with instance:
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key=datetime.now(UTC).strftime("%Y-%m-%d"),
+            tags={"dynsync/trigger": trigger},
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            raise_on_error=False,
+        )
+    if not result.success:
+        raise CommandError(_failure_message(result))
+    return result
+
+
+def _failure_message(result) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data is not None:
+            error = event.step_failure_data.error
+            while error is not None and error.cause is not None:
+                error = error.cause
+            if error is not None:
+                return error.message.strip().splitlines()[0]
+    return "the sync run failed (see the Dagster run log)"
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    ConnectionSettings.from_env()  # fail fast, in one line, on a missing or bad variable
+    SyncSettings.load()
+    run_sync_job("cli")
+    print(_summary(duckdb_path()))
+    return 0
+
+
+def _summary(db: Path) -> str:
+    from .store import open_store
+
+    with open_store(db, read_only=True, wait_s=30) as con:
+        run = con.execute(
+            "SELECT run_id, account_mode, contact_mode, accounts_read, contacts_read, "
+            "activities_logged, activities_suppressed FROM sync_runs WHERE outcome = 'success' "
+            "ORDER BY finished_at DESC LIMIT 1"
+        ).fetchone()
+        accounts, contacts = con.execute(
+            "SELECT (SELECT count(*) FROM accounts WHERE NOT is_deleted), "
+            "(SELECT count(*) FROM contacts WHERE NOT is_deleted)"
+        ).fetchone()
+    if run is None:
+        return f"{db}: no successful cycle yet"
+    return (
+        f"cycle {run[0][:8]}: accounts {run[1]} ({run[3]} read), contacts {run[2]} ({run[4]} read); "
+        f"{run[5]} activities logged, {run[6]} suppressed\n"
+        f"store {db}: {accounts} accounts, {contacts} contacts"
+    )
+
+
+# -- local edit ------------------------------------------------------------------------------
+
+
+def cmd_set_account_field(args: argparse.Namespace) -> int:
+    from .local_edit import LocalEditError, set_account_field
+    from .store import StoreBusyError
+
+    value = None if args.value == "NULL" else args.value
+    try:
+        result = set_account_field(duckdb_path(), args.contact_id, args.field, value)
+    except (LocalEditError, StoreBusyError) as exc:
+        raise CommandError(str(exc)) from None
+    print(
+        f"account {result.accountid}: {result.field} = {result.value!r} on "
+        f"{result.contacts_changed} contact(s), {result.activities_logged} activity row(s) logged "
+        "(local only; Dynamics is not changed)"
+    )
+    return 0
+
+
+# -- simulator and demo ----------------------------------------------------------------------
+
+
+def cmd_simulator(args: argparse.Namespace) -> int:
+    from .simulator.__main__ import main as simulator_main
+
+    return simulator_main(list(args.simulator_args))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    print(run_demo(Path(args.dir), accounts=args.accounts, contacts=args.contacts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""The sync as assets: Dynamics sources -> fields -> accounts -> contacts -> activity log.
+
+One multi-asset, because one cycle is one DuckDB transaction: every table of a cycle
+commits together or not at all, and the graph still shows each table and its lineage.
+"""
+
+
+import contextlib
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from ..cycle import CycleOptions, CycleResult, run_cycle
+from ..fields import FieldPlan
+from ..lineage import column_sources, describe
+from ..store import open_store, table_columns
+from .partitions import daily_modifiedon
+from .resources import DynamicsResource, DynsyncStore
+
+OWNERS = ["team:data-engineering"]
+GROUP = "dynsync"
+
+dynamics_accounts = dg.AssetSpec(
+    key=["dynamics", "account"],
+    description="The `accounts` entity set of the Dynamics org (read-only source, Web API v9.2).",
+    group_name="dynamics",
+    kinds={"dynamics"},
+    owners=OWNERS,
+)
+dynamics_contacts = dg.AssetSpec(
+    key=["dynamics", "contact"],
+    description="The `contacts` entity set of the Dynamics org (read-only source, Web API v9.2).",
+    group_name="dynamics",
+    kinds={"dynamics"},
+    owners=OWNERS,
+)
+
+
+def _spec(key: str, description: str, deps: list) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        key=key,
+        description=description,
+        deps=deps,
+        group_name=GROUP,
+        kinds={"dynamics", "duckdb"},
+        owners=OWNERS,
+        partitions_def=daily_modifiedon,
+        metadata={"dagster/table_name": f"dynsync.main.{key}"},
+    )
+
+
+SYNC_SPECS = [
+    _spec(
+        "sync_fields",
+        "The filtered fields: the selection in the settings file intersected with the org's "
+        "metadata (exists, valid for read) and column security. One row per attribute, with "
+        "why it does or does not sync.",
+        [dynamics_accounts, dynamics_contacts],
+    ),
+    _spec(
+        "accounts",
+        "Dynamics accounts with the synced account fields; deleted ones kept and flagged.",
+        [dynamics_accounts, "sync_fields"],
+    ),
+    _spec(
+        "contacts",
+        "Dynamics contacts with their synced fields and every synced account field of their "
+        "account copied on as `account_<field>` (local edits overlay until Dynamics updates "
+        "the account).",
+        [dynamics_contacts, "accounts", "sync_fields"],
+    ),
+    _spec(
+        "activity_log",
+        "The Change Data Value activity log: one row per contact per account field whose "
+        "stored value changed (source `Dynamics sync` or `Local update`).",
+        ["contacts"],
+    ),
+    _spec(
+        "sync_runs",
+        "One row per cycle: start, end, outcome, rows read and changed, activities logged and "
+        "suppressed, requests and throttling.",
+        ["activity_log"],
+    ),
+]
+
+
+def _window(context: dg.AssetExecutionContext) -> tuple[datetime, datetime] | None:
+    """A backfill, or a run for days before today, re-reads the records modified in its range.
+
+    The scheduled run (today's partition) reads incrementally from where the last committed
+    cycle stopped, whatever day that was.
+    """
+    if not context.has_partition_key_range:
+        return None
+    window = context.partition_time_window
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    in_backfill = "dagster/backfill" in context.run.tags
+    if in_backfill or window.end <= today:
+        return window.start, window.end
+    return None
+
+
+@dg.multi_asset(
+    name="dynamics_sync",
+    specs=SYNC_SPECS,
+    partitions_def=daily_modifiedon,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    pool="duckdb_write",
+    can_subset=False,
+)
+def dynamics_sync(
+    context: dg.AssetExecutionContext, dynamics: DynamicsResource, store: DynsyncStore
+):
+    """One sync cycle: fetch what changed in Dynamics and apply the account-sync rules."""
+    window = _window(context)
+    trigger = context.run.tags.get("dynsync/trigger") or (
+        "backfill" if "dagster/backfill" in context.run.tags else "manual"
+    )
+    result = run_cycle(
+        dynamics.connection(),
+        store.sync_settings(),
+        store.path(),
+        CycleOptions(window=window, trigger=trigger, run_id=context.run_id),
+    )
+    context.log.info(
+        f"cycle {result.run_id}: modes {result.modes}, read {result.rows_read}, "
+        f"{result.counts.activities_logged} activities logged, "
+        f"{result.counts.activities_suppressed} suppressed"
+    )
+    yield from materializations(result, store)
+
+
+def materializations(result: CycleResult, store: DynsyncStore):
+    counts = result.counts
+    with open_store(store.path(), read_only=True, wait_s=30) as con:
+        schemas = {t: table_columns(con, t) for t in ("sync_fields", "accounts", "contacts",
+                                                        "activity_log", "sync_runs")}
+        rows = {t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in schemas}
+    common = {
+        "dynsync/run_id": result.run_id,
+        "dynsync/modes": dg.MetadataValue.json(result.modes),
+    }
+    yield dg.MaterializeResult(
+        asset_key="sync_fields",
+        metadata={
+            **_table_meta("sync_fields", schemas, rows, result.plan),
+            "fields_excluded": dg.MetadataValue.md(_excluded_markdown(result.plan)),
+            "sync_user_is_admin": result.plan.sync_user_is_admin,
+            "change_tracking": dg.MetadataValue.json(result.plan.change_tracking),
+            "warnings": dg.MetadataValue.json(result.plan.warnings),
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key="accounts",
+        metadata={
+            **_table_meta("accounts", schemas, rows, result.plan),
+            **common,
+            "records_read": result.rows_read.get("account", 0),
+            "deletions_read": result.deletions_read.get("account", 0),
+            "records_upserted": counts.accounts_upserted,
+            "records_deleted": counts.accounts_deleted,
+            "local_edits_overwritten": counts.local_edits_overwritten,
+            **_reader_meta(result, "account"),
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key="contacts",
+        metadata={
+            **_table_meta("contacts", schemas, rows, result.plan),
+            **common,
+            "records_read": result.rows_read.get("contact", 0),
+            "deletions_read": result.deletions_read.get("contact", 0),
+            "records_upserted": counts.contacts_upserted,
+            "records_deleted": counts.contacts_deleted,
+            "contacts_repropagated": counts.contacts_repropagated,
+            **_reader_meta(result, "contact"),
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key="activity_log",
+        metadata={
+            **_table_meta("activity_log", schemas, rows, result.plan),
+            **common,
+            "activities_logged": counts.activities_logged,
+            "activities_suppressed": counts.activities_suppressed,
+            "suppressed_accounts": dg.MetadataValue.json(counts.suppressed_accounts),
+        },
+    )
+    stats = result.stats
+    yield dg.MaterializeResult(
+        asset_key="sync_runs",
+        metadata={
+            **_table_meta("sync_runs", schemas, rows, result.plan),
+            **common,
+            "requests": stats.requests,
+            "retries": stats.retries,
+            "throttled": stats.throttled,
+            "throttle_wait_s": round(stats.throttle_wait_s, 3),
+            "backoff_wait_s": round(stats.backoff_wait_s, 3),
+            "fetch_s": round(result.fetch_s, 3),
+            "write_s": round(result.write_s, 3),
+        },
+    )
+
+
+def _table_meta(table: str, schemas: dict, rows: dict, plan: FieldPlan) -> dict:
+    described = describe(plan, table)
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn(name=c, type=t, description=described.get(c))
+            for c, t in schemas[table].items()
+        ]
+    )
+    meta: dict = {
+        "dagster/row_count": rows[table],
+        "dagster/column_schema": schema,
+    }
+    deps = {}
+    for s in column_sources(plan):
+        if s.table != table or s.column not in schemas[table]:
+            continue
+        if s.source_table.startswith("dynamics."):
+            key = dg.AssetKey(["dynamics", s.source_table.split(".", 1)[1]])
+        else:
+            key = dg.AssetKey(s.source_table)
+        deps[s.column] = [dg.TableColumnDep(asset_key=key, column_name=s.source_column)]
+    if deps:
+        meta["dagster/column_lineage"] = dg.TableColumnLineage(deps_by_column=deps)
+    return meta
+
+
+def _reader_meta(result: CycleResult, entity: str) -> dict:
+    state = result.reader_states.get(entity)
+    if state is None:
+        return {"reader_mode": result.modes.get(entity, "")}
+    meta = {"reader_mode": result.modes.get(entity, ""), "reader_state": state.mode}
+    if state.updated_at is not None:
+        with contextlib.suppress(TypeError):
+            age = datetime.now(UTC) - state.updated_at
+            meta["reader_state_age_s"] = round(age.total_seconds(), 1)
+    if state.cursor_modifiedon is not None:
+        meta["cursor_modifiedon"] = state.cursor_modifiedon.isoformat()
+    if state.delta_link:
+        # The delta token is a version stamp, not a secret; show the token, not the whole URL.
+        meta["delta_token"] = state.delta_link.rsplit("$deltatoken=", 1)[-1][:80]
+    return meta
+
+
+def _excluded_markdown(plan: FieldPlan) -> str:
+    rows = [d for d in plan.decisions if d.selected and not d.synced]
+    if not rows:
+        return "Every selected field syncs."
+    lines = ["| entity | field | reason |", "|---|---|---|"]
+    lines += [f"| {d.entity} | {d.field} | {d.reason} |" for d in rows]
+    return "\n".join(lines)
+
+
+@dg.definitions
+def assets() -> dg.Definitions:
+    return dg.Definitions(assets=[dynamics_accounts, dynamics_contacts, dynamics_sync])

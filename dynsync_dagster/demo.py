@@ -1,0 +1,98 @@
+"""`dynsync demo`: the whole product end to end on the built-in simulator."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .simulator import DatasetSpec, Simulator
+from .store import open_store
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BIG_ACCOUNT_CONTACTS = 5001  # just over the activity-log limit: its changes sync but do not log
+
+
+def run_demo(work: Path, *, accounts: int = 300, contacts: int = 9000) -> str:
+    """Start the simulator, sync everything, change a few accounts, sync again; return a summary."""
+    from .cli import run_sync_job  # the CLI owns running the Dagster job in process
+
+    work = work.resolve()
+    db = work / "dynsync.duckdb"
+    for p in (db, db.with_name(db.name + ".wal"), work / "simulator"):
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    spec = DatasetSpec(
+        accounts=accounts,
+        contacts=max(contacts, BIG_ACCOUNT_CONTACTS + 200),
+        sized_accounts=(BIG_ACCOUNT_CONTACTS, 40),
+        orphan_contacts=25,
+        contact_parented_contacts=10,
+        seed=42,
+    )
+    saved = dict(os.environ)
+    with Simulator(spec, state_dir=work / "simulator") as sim:
+        try:
+            os.environ.update(sim.env(flow="client_credentials"))
+            os.environ["DYNSYNC_DUCKDB_PATH"] = str(db)
+            os.environ.setdefault("DYNSYNC_CONFIG", str(REPO_ROOT / "dynsync.yaml"))
+            os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / "dagster_home"))
+            print(f"simulator on {sim.org_url}: {accounts} accounts, {spec.contacts} contacts")
+            print("cycle 1: the whole database ...")
+            run_sync_job("demo")
+            changed = _change_some_accounts(sim)
+            print(f"changed in Dynamics: {changed}")
+            print("cycle 2: only what changed ...")
+            run_sync_job("demo")
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+    return _summary(db)
+
+
+def _change_some_accounts(sim: Simulator) -> str:
+    org = sim.org
+    by_size = sorted(org.account_ids(), key=lambda a: len(org.contacts_of(a)), reverse=True)
+    big, mid, small = by_size[0], by_size[1], by_size[-1]
+    org.update_account(big, name="Contoso Holdings (renamed)", numberofemployees=12000)
+    org.update_account(mid, address1_city="Rotterdam", industrycode=7)
+    org.update_account(small, telephone1="+31 10 555 0100")
+    mover = org.contacts_of(mid)[0]
+    org.reparent_contact(mover, small, "account")
+    return (
+        f"3 accounts updated (one with {len(org.contacts_of(big))} contacts), "
+        "1 contact moved to another account"
+    )
+
+
+def _summary(db: Path) -> str:
+    with open_store(db, read_only=True) as con:
+        accounts, contacts = con.execute(
+            "SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM contacts)"
+        ).fetchone()
+        by_source = con.execute(
+            "SELECT source, count(*) FROM activity_log GROUP BY source ORDER BY source"
+        ).fetchall()
+        suppressed = con.execute(
+            "SELECT count(*), coalesce(sum(rows_suppressed), 0) FROM activity_suppressions"
+        ).fetchone()
+        excluded = con.execute(
+            "SELECT entity || '.' || field || ': ' || reason FROM sync_fields "
+            "WHERE selected AND NOT synced ORDER BY entity, field"
+        ).fetchall()
+    logged = ", ".join(f"{n} from {s}" for s, n in by_source) or "none"
+    lines = [
+        "",
+        f"accounts: {accounts}   contacts: {contacts}",
+        f"Change Data Value activity rows: {logged}",
+        f"suppressed (account over the contact limit): {suppressed[1]} rows on {suppressed[0]} account(s)",
+        "fields not synced: " + ("; ".join(r[0] for r in excluded) or "none"),
+        f"DuckDB file: {db}",
+        f"  query it:  uv run python -c \"import duckdb; print(duckdb.connect('{db}', read_only=True)"
+        ".sql('from activity_log limit 10'))\"",
+        "  see the runs in the Dagster UI:  DAGSTER_HOME=$PWD/dagster_home uv run dagster dev",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,173 @@
+"""Local edits of an account field (rule 5): DuckDB only, on every contact of the account.
+
+Nothing here talks to Dynamics: dynsync is one-way, and accounts are created in Dynamics only.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+
+from .merge import ACTIVITY_TYPE, SOURCE_LOCAL, literal
+from .store import ensure_fixed_tables, open_store, quote
+
+REASON_LOCAL = "Account field edited locally (not sent to Dynamics)"
+
+
+class LocalEditError(ValueError):
+    """The edit cannot be made; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class LocalEditResult:
+    contactid: str
+    accountid: str
+    field: str
+    value: str | None
+    contacts_changed: int
+    activities_logged: int
+    edited_at: datetime
+
+
+def set_account_field(
+    db_path: Path,
+    contact_id: str,
+    field: str,
+    value: str | None,
+    *,
+    run_id: str | None = None,
+    wait_s: float = 30.0,
+) -> LocalEditResult:
+    """Set account field `field` to `value` on every contact of `contact_id`'s account."""
+    try:
+        contact_uuid = str(uuid.UUID(contact_id.strip()))
+    except ValueError:
+        raise LocalEditError(f"contact id {contact_id!r} is not a GUID") from None
+    field = field.strip().lower()
+    if not Path(db_path).exists():
+        raise LocalEditError(f"{db_path} does not exist yet: run `dynsync sync` first")
+    edited_at = datetime.now(UTC)
+    with open_store(Path(db_path), wait_s=wait_s) as con:
+        ensure_fixed_tables(con)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            result = _apply(con, contact_uuid, field, value, edited_at, run_id)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    return result
+
+
+def _apply(
+    con: duckdb.DuckDBPyConnection,
+    contact_id: str,
+    field: str,
+    value: str | None,
+    edited_at: datetime,
+    run_id: str | None,
+) -> LocalEditResult:
+    row = con.execute(
+        "SELECT CAST(accountid AS VARCHAR), is_deleted FROM contacts WHERE contactid = CAST(? AS UUID)",
+        [contact_id],
+    ).fetchone()
+    if row is None:
+        raise LocalEditError(f"no contact {contact_id} in the store")
+    account_id, deleted = row
+    if deleted:
+        raise LocalEditError(f"contact {contact_id} was deleted in Dynamics; it cannot be edited")
+    if account_id is None:
+        raise LocalEditError(
+            f"contact {contact_id} has no account, and dynsync cannot create one: accounts are "
+            "created in Dynamics only (dynsync syncs one way, Dynamics -> DuckDB). Create or "
+            "assign the account in Dynamics; the next cycle brings it in."
+        )
+    synced = dict(
+        con.execute(
+            "SELECT field, duckdb_type FROM sync_fields WHERE entity = 'account' AND synced AND selected"
+        ).fetchall()
+    )
+    if field not in synced:
+        raise LocalEditError(
+            f"{field!r} is not a synced account field; the synced ones are: "
+            f"{', '.join(sorted(synced)) or '(none)'}"
+        )
+    duck_type = synced[field]
+    typed = _typed_value(con, field, duck_type, value)
+    label_col = f"account_{field}_label"
+    has_label = con.execute(
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'contacts' "
+        "AND column_name = ?",
+        [label_col],
+    ).fetchone()[0]
+    label = None
+    if has_label and value is not None:
+        found = con.execute(
+            "SELECT label FROM choice_labels WHERE entity = 'account' AND field = ? AND value = ?",
+            [field, int(typed)],
+        ).fetchone()
+        if found is None:
+            known = con.execute(
+                "SELECT string_agg(value || ' ' || label, ', ' ORDER BY value) FROM choice_labels "
+                "WHERE entity = 'account' AND field = ?",
+                [field],
+            ).fetchone()[0]
+            raise LocalEditError(f"{value!r} is not an option of {field}; the options are: {known}")
+        label = found[0]
+
+    col = quote(f"account_{field}")
+    params = {"acc": account_id, "v": typed, "t": edited_at, "run": run_id}
+    changed = con.execute(
+        f"SELECT count(*) FROM contacts WHERE accountid = CAST($acc AS UUID) AND NOT is_deleted "
+        f"AND {col} IS DISTINCT FROM CAST($v AS {duck_type})",
+        {"acc": account_id, "v": typed},
+    ).fetchone()[0]
+    # Rule 6: one Local update row per contact whose value changes, whatever the account's size.
+    con.execute(
+        f"""
+        INSERT INTO activity_log (activity_type, contactid, accountid, attribute, old_value,
+            new_value, source, reason, occurred_at, run_id, logged_at)
+        SELECT {literal(ACTIVITY_TYPE)}, contactid, accountid, {literal(field)},
+               CAST({col} AS VARCHAR), CAST(CAST($v AS {duck_type}) AS VARCHAR),
+               {literal(SOURCE_LOCAL)}, {literal(REASON_LOCAL)}, $t, $run, $t
+        FROM contacts
+        WHERE accountid = CAST($acc AS UUID) AND NOT is_deleted
+          AND {col} IS DISTINCT FROM CAST($v AS {duck_type})
+        """,
+        params,
+    )
+    sets = f"{col} = CAST($v AS {duck_type})"
+    set_params = {"acc": account_id, "v": typed}
+    if has_label:
+        sets += f", {quote(label_col)} = $label"
+        set_params["label"] = label
+    con.execute(
+        f"UPDATE contacts SET {sets} WHERE accountid = CAST($acc AS UUID) AND NOT is_deleted",
+        set_params,
+    )
+    con.execute(
+        "DELETE FROM local_edits WHERE accountid = CAST(? AS UUID) AND field = ?", [account_id, field]
+    )
+    con.execute(
+        "INSERT INTO local_edits (accountid, field, value, via_contactid, account_versionnumber, "
+        "edited_at) SELECT CAST($acc AS UUID), $f, CAST(CAST($v AS " + duck_type + ") AS VARCHAR), "
+        "CAST($c AS UUID), (SELECT versionnumber FROM accounts WHERE accountid = CAST($acc AS UUID)), $t",
+        {"acc": account_id, "f": field, "v": typed, "c": contact_id, "t": edited_at},
+    )
+    return LocalEditResult(contact_id, account_id, field, value, int(changed), int(changed), edited_at)
+
+
+def _typed_value(con: duckdb.DuckDBPyConnection, field: str, duck_type: str, value: str | None):
+    """The value as the column's type, or a clear error; text goes in as a bound parameter."""
+    if value is None:
+        return None
+    try:
+        return con.execute(f"SELECT CAST(? AS {duck_type})", [value]).fetchone()[0]
+    except duckdb.Error:
+        raise LocalEditError(
+            f"{value!r} is not a valid value for {field} (type {duck_type})"
+        ) from None

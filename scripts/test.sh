@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: set up from a clean clone, lint, run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+uv run --frozen ruff check .
+uv run --frozen pytest -q "$@"

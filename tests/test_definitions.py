@@ -1,0 +1,51 @@
+"""The Dagster code location loads, and the schedule decides as documented."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from dynsync_dagster.definitions import defs
+from dynsync_dagster.defs.schedules import every_five_minutes, sync_job
+
+
+def test_definitions_load_with_the_asset_graph() -> None:
+    d = defs()
+    keys = {k.to_user_string() for k in d.resolve_all_asset_keys()}
+    assert keys == {
+        "dynamics/account", "dynamics/contact", "sync_fields", "accounts", "contacts",
+        "activity_log", "sync_runs",
+    }
+    graph = d.resolve_asset_graph()
+    assert dg.AssetKey("accounts") in graph.get(dg.AssetKey("contacts")).parent_keys
+    assert dg.AssetKey(["dynamics", "contact"]) in graph.get(dg.AssetKey("contacts")).parent_keys
+    assert dg.AssetKey("contacts") in graph.get(dg.AssetKey("activity_log")).parent_keys
+    assert d.resolve_job_def("dynamics_sync_job") is not None
+    schedule = d.resolve_schedule_def("every_five_minutes")
+    assert schedule.cron_schedule == "*/5 * * * *"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+
+
+def test_schedule_requests_todays_partition_when_idle() -> None:
+    with dg.instance_for_test() as instance:
+        when = datetime(2026, 3, 4, 10, 5, tzinfo=UTC)
+        ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=when)
+        request = every_five_minutes(ctx)
+        assert isinstance(request, dg.RunRequest)
+        assert request.partition_key == "2026-03-04"
+
+
+def test_schedule_skips_while_a_sync_is_in_flight() -> None:
+    with dg.instance_for_test() as instance:
+        run = instance.create_run_for_job(
+            job_def=defs().resolve_job_def(sync_job.name),
+            tags={"dagster/partition": "2026-03-04"},
+            status=dg.DagsterRunStatus.STARTED,
+        )
+        ctx = dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=datetime(2026, 3, 4, 10, 5, tzinfo=UTC)
+        )
+        decision = every_five_minutes(ctx)
+        assert isinstance(decision, dg.SkipReason)
+        assert run.run_id[:8] in decision.skip_message
