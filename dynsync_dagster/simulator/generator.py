@@ -1,0 +1,226 @@
+"""Deterministic synthetic accounts and contacts (DatasetSpec -> rows loaded into an Org)."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from .org import USD_CURRENCY_ID, Org
+
+_FIRST = (
+    "Anna Ben Carla David Emma Felix Greta Hugo Ida Jonas Klara Lukas Mia Noah Olivia Paul "
+    "Quinn Rosa Sam Tara Uwe Vera Wim Xenia Yusuf Zoe Lena Max Sofia Elias Nora Finn Lea "
+    "Milan Eva Jan Lisa Tim Marie Tom"
+).split()
+_LAST = (
+    "Smith Jansen Müller de Vries Garcia Rossi Novak Kowalski Dubois Silva Berg Hansen Costa "
+    "Weber Bakker Visser Meyer Fischer Wagner Becker Schulz Hoffmann Koch Richter Klein Wolf "
+    "Peeters Maes Jacobs Mertens Willems Claes Goossens Wouters O'Brien Nguyen Patel Kim Chen"
+).split()
+_JOBS = (
+    "Purchasing Manager",
+    "CFO",
+    "CEO",
+    "IT Director",
+    "Marketing Lead",
+    "Sales Representative",
+    "Office Manager",
+    "Engineer",
+    "Analyst",
+    None,
+)
+_ADJ = "Adventure Blue Contoso Fabrikam Northwind Alpine Litware Proseware Tailspin Wide Coho".split()
+_NOUN = "Works Systems Traders Logistics Foods Labs Partners Energy Media Health Capital".split()
+_SUFFIX = ("Inc.", "Ltd", "GmbH", "B.V.", "S.A.", "LLC", "AG", "plc")
+_CITIES = (
+    ("Amsterdam", "Netherlands"),
+    ("Berlin", "Germany"),
+    ("Redmond", "United States"),
+    ("Lyon", "France"),
+    ("Utrecht", "Netherlands"),
+    ("München", "Germany"),
+    ("Seattle", "United States"),
+    ("Antwerpen", "Belgium"),
+    ("Zürich", "Switzerland"),
+    ("Wien", "Austria"),
+    (None, None),
+)
+_DOMAINS = ("example.com", "contoso.com", "fabrikam.nl", "northwind.de", "litware.fr")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the simulator generates at start; everything is reproducible from `seed`."""
+
+    accounts: int = 50
+    contacts: int = 500
+    sized_accounts: tuple[int, ...] = ()
+    orphan_contacts: int = 0
+    contact_parented_contacts: int = 0
+    seed: int = 7
+    history_days: int = 30
+
+    def validate(self) -> None:
+        fixed = sum(self.sized_accounts) + self.orphan_contacts + self.contact_parented_contacts
+        if min((self.accounts, self.contacts, self.orphan_contacts, *self.sized_accounts), default=0) < 0:
+            raise ValueError("DatasetSpec counts must not be negative")
+        if len(self.sized_accounts) > self.accounts:
+            raise ValueError(
+                f"sized_accounts has {len(self.sized_accounts)} entries but accounts={self.accounts}"
+            )
+        if self.contacts < fixed:
+            raise ValueError(
+                f"contacts={self.contacts} is less than sum(sized_accounts) + orphan_contacts + "
+                f"contact_parented_contacts = {fixed}; raise contacts"
+            )
+        if self.contacts > fixed and self.accounts == len(self.sized_accounts):
+            raise ValueError(
+                f"{self.contacts - fixed} contacts have no account to go to: every account is "
+                "in sized_accounts; add accounts or lower contacts"
+            )
+        account_parented = self.contacts - self.orphan_contacts - self.contact_parented_contacts
+        if self.contact_parented_contacts and account_parented == 0:
+            raise ValueError(
+                "contact-parented contacts need at least one account-parented contact as parent"
+            )
+        if self.history_days <= 0:
+            raise ValueError("history_days must be positive")
+
+
+def _guid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def generate(spec: DatasetSpec, org: Org, owners: list[str]) -> None:
+    """Fill an empty org; versions follow modifiedon order like a real org's history."""
+    spec.validate()
+    rng = random.Random(spec.seed)
+    start = org.now()
+    start_ts = int(start.timestamp())
+    history = spec.history_days * 86400
+    stamps: list[tuple[int, int, str]] = []  # (modifiedon ts, entity index, id) for versions
+
+    def times() -> tuple[datetime, datetime, int]:
+        created = start_ts - rng.randrange(history)
+        modified = created + rng.randrange(start_ts - created + 1)
+        return (
+            datetime.fromtimestamp(created, UTC),
+            datetime.fromtimestamp(modified, UTC),
+            modified,
+        )
+
+    accounts = org.tables["account"]
+    a = accounts.slots
+    account_rows: dict[str, list[Any]] = {}
+    account_ids: list[str] = []
+    for i in range(spec.accounts):
+        aid = _guid(rng)
+        r = rng.getrandbits(64)
+        row = accounts.new_row()
+        city, country = _CITIES[r % len(_CITIES)]
+        name = f"{_ADJ[(r >> 8) % len(_ADJ)]} {_NOUN[(r >> 16) % len(_NOUN)]} {i + 1} {_SUFFIX[(r >> 24) % len(_SUFFIX)]}"
+        slug = name.split()[0].lower()
+        created, modified, mts = times()
+        row[a["accountid"]] = aid
+        row[a["name"]] = name
+        row[a["accountnumber"]] = f"ACC-{i + 1:06d}"
+        row[a["industrycode"]] = 1 + (r >> 28) % 33
+        row[a["revenue"]] = float(((r >> 34) % 50_000) * 1000)
+        row[a["transactioncurrencyid"]] = USD_CURRENCY_ID
+        row[a["numberofemployees"]] = (r >> 20) % 5000 + 1
+        row[a["address1_city"]] = city
+        row[a["address1_country"]] = country
+        row[a["telephone1"]] = f"+31 20 {(r >> 40) % 900 + 100} {(r >> 12) % 10000:04d}"
+        row[a["websiteurl"]] = f"https://www.{slug}{i + 1}.example.com"
+        row[a["emailaddress1"]] = f"info@{slug}{i + 1}.example.com"
+        row[a["description"]] = None if r % 3 else f"{name} is a long-standing customer."
+        row[a["creditlimit"]] = float(((r >> 44) % 100) * 1000)
+        row[a["creditonhold"]] = bool((r >> 50) % 10 == 0)
+        row[a["customertypecode"]] = 1 + (r >> 52) % 12
+        row[a["ownerid"]] = owners[(r >> 56) % len(owners)]
+        row[a["owneridtype"]] = "systemuser"
+        # About one in ten accounts has a parent account among the earlier ones.
+        row[a["parentaccountid"]] = account_ids[(r >> 5) % i] if i and r % 10 == 1 else None
+        row[a["statecode"]] = 0
+        row[a["statuscode"]] = 1
+        row[a["merged"]] = False
+        row[a["isprivate"]] = False
+        row[a["createdon"]] = created
+        row[a["modifiedon"]] = modified
+        account_rows[aid] = row
+        account_ids.append(aid)
+        stamps.append((mts, 0, aid))
+
+    contacts = org.tables["contact"]
+    c = contacts.slots
+    contact_rows: dict[str, list[Any]] = {}
+    account_parented: list[str] = []
+    n_sized = len(spec.sized_accounts)
+    others = account_ids[n_sized:]
+    parents: list[str | None] = []
+    for idx, count in enumerate(spec.sized_accounts):
+        parents.extend([account_ids[idx]] * count)
+    parents.extend([None] * spec.orphan_contacts)
+    spread = spec.contacts - len(parents) - spec.contact_parented_contacts
+    parents.extend(others[rng.randrange(len(others))] for _ in range(spread))
+    birth_origin = date(1950, 1, 1)
+    for i in range(spec.contacts):
+        cid = _guid(rng)
+        r = rng.getrandbits(64)
+        row = contacts.new_row()
+        if i < len(parents):
+            parent, parent_type = parents[i], "account"
+        else:
+            parent, parent_type = account_parented[r % len(account_parented)], "contact"
+        first = _FIRST[r % len(_FIRST)]
+        last = _LAST[(r >> 8) % len(_LAST)]
+        created, modified, mts = times()
+        row[c["contactid"]] = cid
+        row[c["firstname"]] = first
+        row[c["lastname"]] = last
+        row[c["fullname"]] = f"{first} {last}"
+        row[c["emailaddress1"]] = f"{first}.{last}.{i + 1}@{_DOMAINS[(r >> 16) % 5]}".lower().replace(
+            " ", ""
+        )
+        row[c["jobtitle"]] = _JOBS[(r >> 20) % len(_JOBS)]
+        row[c["telephone1"]] = f"+49 30 {(r >> 24) % 9000 + 1000} {(r >> 38) % 10000:04d}"
+        row[c["mobilephone"]] = None if r % 4 == 0 else f"+31 6 {(r >> 30) % 100_000_000:08d}"
+        row[c["birthdate"]] = (
+            None if r % 5 == 0 else birth_origin + timedelta(days=(r >> 12) % 20000)
+        )
+        if parent is not None:
+            row[c["parentcustomerid"]] = parent
+            row[c["parentcustomeridtype"]] = parent_type
+            row[c["accountid"]] = parent if parent_type == "account" else None
+        row[c["ownerid"]] = owners[(r >> 44) % len(owners)]
+        row[c["owneridtype"]] = "systemuser"
+        row[c["governmentid"]] = f"{(r >> 2) % 900 + 100}-{(r >> 14) % 90 + 10}-{(r >> 22) % 10000:04d}"
+        row[c["annualincome"]] = float(((r >> 48) % 200) * 1000 + 20000)
+        row[c["transactioncurrencyid"]] = USD_CURRENCY_ID
+        row[c["statecode"]] = 0
+        row[c["statuscode"]] = 1
+        row[c["createdon"]] = created
+        row[c["modifiedon"]] = modified
+        contact_rows[cid] = row
+        if parent_type == "account" and parent is not None:
+            account_parented.append(cid)
+        stamps.append((mts, 1, cid))
+
+    # Each account's primary contact is its first contact, when it has one.
+    for cid in account_parented:
+        arow = account_rows[contact_rows[cid][c["parentcustomerid"]]]
+        if arow[a["primarycontactid"]] is None:
+            arow[a["primarycontactid"]] = cid
+
+    stamps.sort()
+    version = org.current_version
+    tables = (account_rows, contact_rows)
+    slots = (a["versionnumber"], c["versionnumber"])
+    for version_offset, (_, which, rid) in enumerate(stamps, start=1):
+        tables[which][rid][slots[which]] = version + version_offset
+    last = version + len(stamps)
+    org.load("account", account_rows, last)
+    org.load("contact", contact_rows, last)
