@@ -524,7 +524,13 @@ class DynamicsClient:
                     wait = self._backoff(state.attempts)
                 return _Retry(wait_s=wait, error=err, throttled=True)
             if status in _RETRY_STATUSES:
-                return self._retry_later(state, err)
+                # A 503 during maintenance may say how long to wait; otherwise back off.
+                wait = _retry_after(raw)
+                if wait is None:
+                    return self._retry_later(state, err)
+                return _Retry(
+                    wait_s=min(wait, self._retry.max_backoff_s), error=err, throttled=False
+                )
             if status == 500 and err.code == _UNEXPECTED_ERROR:
                 state.unexpected_errors += 1
                 if state.unexpected_errors < _MAX_UNEXPECTED_ERROR_ATTEMPTS:

@@ -16,15 +16,9 @@ from dynsync_dagster.client import (
     deleted_id,
     is_deleted_row,
 )
-from dynsync_dagster.errors import AuthError, ExpiredDeltaToken
+from dynsync_dagster.errors import AuthError, DynamicsError, ExpiredDeltaToken, TransientError
 from dynsync_dagster.settings import ConnectionSettings
-
-# Until the simulator package exists (written concurrently), skip rather than break collection.
-_simulator = pytest.importorskip("dynsync_dagster.simulator")
-if not hasattr(_simulator, "Simulator"):
-    pytest.skip("the simulator is not built yet", allow_module_level=True)
-Simulator = _simulator.Simulator
-DatasetSpec = _simulator.DatasetSpec
+from dynsync_dagster.simulator import DatasetSpec, Simulator
 
 ACCOUNT_SELECT = ["name", "accountnumber", "industrycode", "modifiedon", "versionnumber"]
 CONTACT_SELECT = ["fullname", "emailaddress1", "_parentcustomerid_value", "versionnumber"]
@@ -48,6 +42,10 @@ def _client(
     return DynamicsClient(_conn(sim, flow), sleep=slept.append, **kwargs), slept
 
 
+def _token_posts(sim: Simulator) -> int:
+    return sum(1 for r in sim.requests if r.method == "POST" and r.path.endswith("/token"))
+
+
 def _all_rows(client: DynamicsClient, entity_set: str, select: list[str]) -> list[dict]:
     return [row for page in client.iter_pages(entity_set, select=select) for row in page.rows]
 
@@ -66,6 +64,11 @@ def test_both_flows_sign_in_on_a_non_443_port(sim: Simulator, flow: str) -> None
         client.whoami()
     # Token from MSAL's cache after the first request: 3 Web API GETs, 1 sign-in.
     assert client.stats.requests == 3
+    assert _token_posts(sim) == 1
+    if flow == "ropc":
+        # User-realm discovery reached the simulator's port, not 443.
+        realm = [r for r in sim.requests if r.path.startswith("/common/userrealm/")]
+        assert realm and realm[0].status == 200
 
 
 @pytest.mark.parametrize(
@@ -164,26 +167,42 @@ def test_expired_delta_link_raises_expired_delta_token(sim: Simulator) -> None:
             list(client.iter_link(pages[-1].delta_link, track_changes=True))
 
 
-def test_401_once_is_retried_with_a_fresh_token(sim: Simulator) -> None:
-    for flow in ("client_credentials", "ropc"):
-        client, slept = _client(sim, flow)
-        with client:
-            client.whoami()  # warm the token cache
-            sim.faults.inject("401", path_contains="/api/data/")
-            assert client.whoami()["UserId"]
+@pytest.mark.parametrize("flow", ["client_credentials", "ropc"])
+def test_401_once_is_retried_with_a_fresh_token(sim: Simulator, flow: str) -> None:
+    client, slept = _client(sim, flow)
+    with client:
+        client.whoami()  # warm the token cache
+        sim.faults.inject("401", path_contains="/api/data/")
+        assert client.whoami()["UserId"]
         assert client.stats.unauthorized_retries == 1
-        assert slept == []
+        assert _token_posts(sim) == 2  # the cached token was dropped, a new one fetched
+        # A token revoked server-side while MSAL still trusts it: same recovery.
+        sim.expire_access_tokens()
+        assert client.whoami()["UserId"]
+    assert client.stats.unauthorized_retries == 2
+    assert _token_posts(sim) == 3
+    assert slept == []
+
+
+def test_second_401_is_fatal_and_names_the_causes(sim: Simulator) -> None:
+    client, _ = _client(sim)
+    sim.faults.inject("401", times=2, path_contains="/api/data/")
+    with client, pytest.raises(DynamicsError, match="security role") as info:
+        client.whoami()
+    assert info.value.status == 401
+    assert client.stats.unauthorized_retries == 1
 
 
 def test_429_sleeps_exactly_retry_after(sim: Simulator) -> None:
     client, slept = _client(sim, page_size=10)
-    sim.faults.inject("429", path_contains="contacts", after=1, retry_after=0.25)
+    # Whole seconds, as Dataverse sends (the simulator rounds); the recorded sleep costs nothing.
+    sim.faults.inject("429", path_contains="contacts", after=1, retry_after=3)
     with client:
         rows = _all_rows(client, "contacts", CONTACT_SELECT)
     assert len(rows) == len(sim.org.contact_ids())
-    assert slept == [0.25]
+    assert slept == [3.0]
     assert client.stats.throttled == 1
-    assert client.stats.throttle_wait_s == pytest.approx(0.25)
+    assert client.stats.throttle_wait_s == 3.0
     assert client.stats.backoff_wait_s == 0
 
 
@@ -229,3 +248,11 @@ def test_a_full_run_never_sends_anything_but_get(sim: Simulator) -> None:
         _all_rows(client, "contacts", CONTACT_SELECT)
     assert sim.write_attempts == []
     assert isinstance(client.stats, ClientStats) and client.stats.requests >= 5
+
+
+def test_persistent_503_gives_up_with_transient_error(sim: Simulator) -> None:
+    client, slept = _client(sim, retry=RetryPolicy(max_attempts=3, base_backoff_s=0.01))
+    sim.faults.inject("503", times=None, path_contains="WhoAmI", retry_after=0)
+    with client, pytest.raises(TransientError, match="after 3 attempts") as info:
+        client.whoami()
+    assert info.value.status == 503 and len(slept) == 2
