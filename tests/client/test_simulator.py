@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -256,3 +257,22 @@ def test_persistent_503_gives_up_with_transient_error(sim: Simulator) -> None:
     with client, pytest.raises(TransientError, match="after 3 attempts") as info:
         client.whoami()
     assert info.value.status == 503 and len(slept) == 2
+
+
+def test_tokens_and_secrets_never_reach_logs_or_errors(
+    sim: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn = _conn(sim, "ropc")
+    caplog.set_level(logging.DEBUG)
+    client = DynamicsClient(conn, sleep=lambda s: None, retry=RetryPolicy(max_attempts=2))
+    with client:
+        client.whoami()
+        sim.faults.inject("401", path_contains="WhoAmI")
+        sim.faults.inject("503", times=None, path_contains="WhoAmI", retry_after=0)
+        with pytest.raises(TransientError) as info:
+            client.whoami()
+        token = client._tokens.get_token()
+    for text in (caplog.text, str(info.value), repr(info.value), repr(client), repr(conn)):
+        assert token not in text
+        for secret in conn.secrets:
+            assert secret not in text
