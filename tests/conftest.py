@@ -32,6 +32,15 @@ def settings(
     return SyncSettings(tuple(account_fields), tuple(contact_fields), limit)
 
 
+@pytest.fixture(scope="session")
+def definitions():
+    """The code location, loaded once. (A later load inside or after `instance_for_test` would
+    pick up the test instance's state storage, which Dagster keeps globally.)"""
+    from dynsync_dagster.definitions import defs
+
+    return defs()
+
+
 @pytest.fixture
 def sim(tmp_path: Path) -> Iterator[Simulator]:
     with Simulator(SMALL, state_dir=tmp_path / "sim") as s:
@@ -67,7 +76,7 @@ class Harness:
             for table, key in (("accounts", "accountid"), ("contacts", "contactid"),
                                ("activity_log", "activity_id"), ("local_edits", "accountid, field"),
                                ("activity_suppressions", "accountid, logged_at")):
-                cols = [c for c in con.execute(f"SELECT * FROM {table} LIMIT 0").columns
+                cols = [c for c in con.sql(f"SELECT * FROM {table} LIMIT 0").columns
                         if c not in ("last_synced_at", "last_run_id", "logged_at")]
                 out[table] = con.execute(
                     f"SELECT {', '.join(cols)} FROM {table} ORDER BY {key}"

@@ -8,7 +8,6 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from dynsync_dagster.definitions import defs
 from dynsync_dagster.simulator import Simulator
 
 
@@ -22,8 +21,8 @@ def sync_env(sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     return db
 
 
-def test_job_materializes_every_table_with_metadata(sync_env: Path) -> None:
-    job = defs().resolve_job_def("dynamics_sync_job")
+def test_job_materializes_every_table_with_metadata(sync_env: Path, definitions) -> None:
+    job = definitions.resolve_job_def("dynamics_sync_job")
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     with dg.instance_for_test() as instance:
         result = job.execute_in_process(instance=instance, partition_key=today)

@@ -120,7 +120,7 @@ def dynamics_sync(
         dynamics.connection(),
         store.sync_settings(),
         store.path(),
-        CycleOptions(window=window, trigger=trigger, run_id=context.run_id),
+        CycleOptions(window=window, trigger=trigger, run_id=context.run.run_id),
     )
     context.log.info(
         f"cycle {result.run_id}: modes {result.modes}, read {result.rows_read}, "

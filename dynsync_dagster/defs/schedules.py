@@ -4,7 +4,6 @@
 import dagster as dg
 
 from .assets import dynamics_sync
-from .partitions import daily_modifiedon
 
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
@@ -17,7 +16,6 @@ IN_FLIGHT = [
 sync_job = dg.define_asset_job(
     name="dynamics_sync_job",
     selection=dg.AssetSelection.assets(dynamics_sync),
-    partitions_def=daily_modifiedon,
     description="One sync cycle (the schedule's target; also what `dynsync sync` runs).",
     tags={"dynsync/writer": "duckdb", "dagster/max_runtime": "3600"},
 )

@@ -1,0 +1,69 @@
+"""The `dynsync` command, run as a user runs it: a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from dynsync_dagster.simulator import Simulator
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dynsync_dagster.cli", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def _base_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DYNAMICS_", "DYNSYNC_"))}
+    env["DAGSTER_HOME"] = str(tmp_path / "dagster_home")
+    (tmp_path / "dagster_home").mkdir()
+    return env
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    result = _run(["demo", "--dir", str(tmp_path / "demo"), "--accounts", "60"], _base_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "accounts: 60" in out
+    assert "suppressed (account over the contact limit): 10002 rows on 1 account(s)" in out
+    assert "from Dynamics sync" in out
+    assert (tmp_path / "demo" / "dynsync.duckdb").exists()
+
+
+def test_sync_and_local_edit_commands(sim: Simulator, tmp_path: Path) -> None:
+    env = _base_env(tmp_path)
+    env.update(sim.env(flow="client_credentials"))
+    db = tmp_path / "cli.duckdb"
+    env["DYNSYNC_DUCKDB_PATH"] = str(db)
+    env["DYNSYNC_CONFIG"] = str(REPO / "dynsync.yaml")
+    result = _run(["sync"], env)
+    assert result.returncode == 0, result.stderr
+    assert f"{len(sim.org.account_ids())} accounts" in result.stdout
+    assert oct(db.stat().st_mode & 0o777) == "0o600"  # readable by its owner only
+
+    org = sim.org
+    account = next(a for a in org.account_ids() if len(org.contacts_of(a)) == 8)
+    contact = org.contacts_of(account)[0]
+    ok = _run(["set-account-field", "--contact-id", contact, "--field", "name", "--value", "Local"], env)
+    assert ok.returncode == 0, ok.stderr
+    assert "on 8 contact(s), 8 activity row(s) logged" in ok.stdout
+
+    orphan = next(c for c in org.contact_ids() if org.get_contact(c)["parentcustomerid"] is None)
+    refused = _run(["set-account-field", "--contact-id", orphan, "--field", "name", "--value", "X"], env)
+    assert refused.returncode == 2
+    assert "accounts are created in Dynamics only" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert list(sim.write_attempts) == []
+
+
+def test_missing_settings_are_one_line_errors(tmp_path: Path) -> None:
+    result = _run(["sync"], _base_env(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.startswith("dynsync sync: missing environment variable(s) DYNAMICS_URL")
+    assert "Traceback" not in result.stderr
