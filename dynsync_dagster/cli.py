@@ -64,6 +64,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--accounts", type=int, default=300)
     p.add_argument("--contacts", type=int, default=9000)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "dev",
+        help="start the simulator and `dagster dev` together: the UI with the schedule ticking "
+        "on simulated Dynamics changes",
+    )
+    p.add_argument("--dir", default="data/dev", help="where the simulator and store keep files")
+    p.add_argument("--port", type=int, default=3000, help="the Dagster UI port (127.0.0.1)")
+    p.add_argument("--accounts", type=int, default=500)
+    p.add_argument("--contacts", type=int, default=10000)
+    p.add_argument("--trickle-per-minute", type=int, default=20,
+                   help="random Dynamics changes the simulator makes per minute")
+    p.set_defaults(func=cmd_dev)
     return parser
 
 
@@ -167,6 +180,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     print(run_demo(Path(args.dir), accounts=args.accounts, contacts=args.contacts))
     return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from .dev import run_dev
+
+    return run_dev(args)
 
 
 if __name__ == "__main__":
