@@ -25,15 +25,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8443, help="port on 127.0.0.1 (0: any free)")
     parser.add_argument("--accounts", type=int, default=50)
     parser.add_argument("--contacts", type=int, default=500)
-    parser.add_argument("--sized-accounts", default="",
-                        help='contact counts of the first accounts, e.g. "5000,5001"')
+    parser.add_argument(
+        "--sized-accounts",
+        default="",
+        help='contact counts of the first accounts, e.g. "5000,5001"',
+    )
     parser.add_argument("--orphan-contacts", type=int, default=0)
     parser.add_argument("--contact-parented-contacts", type=int, default=0)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--history-days", type=int, default=30)
     parser.add_argument("--state-dir", default=".dynsync-sim")
-    parser.add_argument("--trickle-per-minute", type=float, default=0,
-                        help="random account/contact updates per minute (for live demos)")
+    parser.add_argument(
+        "--trickle-per-minute",
+        type=float,
+        default=0,
+        help="random account/contact updates per minute (for live demos)",
+    )
     parser.add_argument("--token-lifetime", type=float, default=3599, help="seconds")
     parser.add_argument("--max-page-size", type=int, default=5000)
     parser.add_argument("--sync-user-is-admin", action="store_true")
@@ -44,15 +51,19 @@ def _sized(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(p) for p in text.split(",") if p.strip())
     except ValueError:
-        raise SystemExit(f"--sized-accounts must be comma-separated integers, got {text!r}") from None
+        raise SystemExit(
+            f"--sized-accounts must be comma-separated integers, got {text!r}"
+        ) from None
 
 
 def write_state(sim: Simulator) -> tuple[Path, Path]:
     """env.sh (exports) and simulator.json (how other processes find this simulator)."""
     env_path = sim.state_dir / "env.sh"
     lines = [f"export {k}={shlex.quote(v)}" for k, v in sim.env("client_credentials").items()]
-    lines += [f"# ROPC instead: export DYNAMICS_USERNAME={shlex.quote(sim.username)} "
-              f"DYNAMICS_PASSWORD={shlex.quote(sim.password)}"]
+    lines += [
+        f"# ROPC instead: export DYNAMICS_USERNAME={shlex.quote(sim.username)} "
+        f"DYNAMICS_PASSWORD={shlex.quote(sim.password)}"
+    ]
     env_path.write_text("\n".join(lines) + "\n")
     info = {
         "port": sim.port,
@@ -89,22 +100,30 @@ def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(50_000, 20, 20)
     started = time.monotonic()
     print(f"generating {spec.accounts:,} accounts and {spec.contacts:,} contacts…", flush=True)
-    sim = Simulator(spec, state_dir=args.state_dir, port=args.port,
-                    token_lifetime_s=args.token_lifetime, max_page_size=args.max_page_size,
-                    sync_user_is_admin=args.sync_user_is_admin,
-                    trickle_per_minute=args.trickle_per_minute)
+    sim = Simulator(
+        spec,
+        state_dir=args.state_dir,
+        port=args.port,
+        token_lifetime_s=args.token_lifetime,
+        max_page_size=args.max_page_size,
+        sync_user_is_admin=args.sync_user_is_admin,
+        trickle_per_minute=args.trickle_per_minute,
+    )
     try:
         sim.start()
     except OSError as exc:
-        print(f"error: cannot listen on 127.0.0.1:{args.port}: {exc}; try --port 0",
-              file=sys.stderr)
+        print(
+            f"error: cannot listen on 127.0.0.1:{args.port}: {exc}; try --port 0", file=sys.stderr
+        )
         return 1
     env_path, json_path = write_state(sim)
     print(f"simulator ready in {time.monotonic() - started:.1f}s at {sim.org_url}", flush=True)
     for key, value in sim.env("client_credentials").items():
         print(f"export {key}={shlex.quote(value)}")
-    print(f"# for the ROPC flow also: export DYNAMICS_USERNAME={shlex.quote(sim.username)} "
-          f"DYNAMICS_PASSWORD={shlex.quote(sim.password)}")
+    print(
+        f"# for the ROPC flow also: export DYNAMICS_USERNAME={shlex.quote(sim.username)} "
+        f"DYNAMICS_PASSWORD={shlex.quote(sim.password)}"
+    )
     print(f"# the same exports are in {env_path}; details in {json_path}")
     print(f"# admin API key: {sim.state_dir / ADMIN_KEY_FILE}; Ctrl-C stops", flush=True)
     stop = threading.Event()

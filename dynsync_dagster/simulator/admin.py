@@ -51,7 +51,8 @@ class AdminEndpoint:
         org = self.sim.org
         methods: dict[str, Callable[..., Any]] = {name: getattr(org, name) for name in ORG_METHODS}
         methods["random_changes"] = lambda n=1, seed=None: org.random_changes(
-            int(n), random.Random(seed))
+            int(n), random.Random(seed)
+        )
         methods["faults.inject"] = self.sim.faults.inject
         methods["faults.clear"] = self.sim.faults.clear
         methods["faults.active"] = self.sim.faults.active
@@ -78,8 +79,11 @@ class AdminEndpoint:
             return _fail(400, "bad_request", 'body must be {"method": "...", "kwargs": {...}}')
         target = self._methods().get(method)
         if target is None:
-            return _fail(404, "unknown_method", f"{method!r} is not an admin method; known: "
-                         f"{', '.join(sorted(self._methods()))}")
+            return _fail(
+                404,
+                "unknown_method",
+                f"{method!r} is not an admin method; known: {', '.join(sorted(self._methods()))}",
+            )
         try:
             result = target(**kwargs)
         except (ValueError, KeyError, TypeError) as exc:
@@ -89,8 +93,9 @@ class AdminEndpoint:
 
 
 def _fail(status: int, code: str, message: str) -> Response:
-    return json_response({"error": {"code": code, "message": message}}, status=status,
-                         content_type=PLAIN_JSON)
+    return json_response(
+        {"error": {"code": code, "message": message}}, status=status, content_type=PLAIN_JSON
+    )
 
 
 class SimulatorAdminError(RuntimeError):
@@ -109,7 +114,7 @@ class SimulatorAdmin:
 
     @classmethod
     def from_state_dir(cls, state_dir: str | Path) -> SimulatorAdmin:
-        """Find a simulator started with `python -m dynsync_dagster.simulator` via simulator.json."""
+        """Find a simulator started by `python -m dynsync_dagster.simulator` (simulator.json)."""
         info = json.loads((Path(state_dir) / "simulator.json").read_text())
         key = Path(info["admin_key_path"]).read_text().strip()
         return cls(info["org_url"], key, info["ca_pem_path"])

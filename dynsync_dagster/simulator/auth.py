@@ -108,8 +108,10 @@ class Authority:
     def handles(self, path: str) -> bool:
         parts = path.strip("/").split("/")
         return bool(parts) and (
-            parts[0] == "common" or path.endswith("/oauth2/v2.0/token")
-            or "/.well-known/openid-configuration" in path or path.endswith("/discovery/v2.0/keys")
+            parts[0] == "common"
+            or path.endswith("/oauth2/v2.0/token")
+            or "/.well-known/openid-configuration" in path
+            or path.endswith("/discovery/v2.0/keys")
         )
 
     def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Response:
@@ -117,8 +119,10 @@ class Authority:
         tenant = parts[0]
         if parts[:2] == ["common", "userrealm"] and len(parts) == 3 and method == "GET":
             return self._user_realm(parts[2])
-        if method == "GET" and parts[1:] in (["v2.0", ".well-known", "openid-configuration"],
-                                             [".well-known", "openid-configuration"]):
+        if method == "GET" and parts[1:] in (
+            ["v2.0", ".well-known", "openid-configuration"],
+            [".well-known", "openid-configuration"],
+        ):
             if not self._known_tenant(tenant):
                 return self._error(400, "invalid_tenant", 90002, self._tenant_msg(tenant), headers)
             return json_response(self._openid_configuration(), content_type=PLAIN_JSON)
@@ -126,10 +130,17 @@ class Authority:
             return json_response({"keys": []}, content_type=PLAIN_JSON)
         if parts[1:] == ["oauth2", "v2.0", "token"]:
             if method != "POST":
-                return self._error(400, "invalid_request", 900561,
-                                   "The endpoint only accepts POST requests.", headers)
+                return self._error(
+                    400,
+                    "invalid_request",
+                    900561,
+                    "The endpoint only accepts POST requests.",
+                    headers,
+                )
             return self._token(tenant, headers, body)
-        return self._error(404, "not_found", 90000, "The requested resource was not found.", headers)
+        return self._error(
+            404, "not_found", 90000, "The requested resource was not found.", headers
+        )
 
     # ---- discovery ---------------------------------------------------------------------
 
@@ -138,15 +149,20 @@ class Authority:
 
     @staticmethod
     def _tenant_msg(tenant: str) -> str:
-        return (f"Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID "
-                "and are signing into the correct cloud.")
+        return (
+            f"Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID "
+            "and are signing into the correct cloud."
+        )
 
     def _openid_configuration(self) -> dict[str, object]:
         base = f"{self.host_url}/{self.creds.tenant_id}"
         return {
             "token_endpoint": f"{base}/oauth2/v2.0/token",
-            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt",
-                                                      "client_secret_basic"],
+            "token_endpoint_auth_methods_supported": [
+                "client_secret_post",
+                "private_key_jwt",
+                "client_secret_basic",
+            ],
             "jwks_uri": f"{base}/discovery/v2.0/keys",
             "response_modes_supported": ["query", "fragment", "form_post"],
             "subject_types_supported": ["pairwise"],
@@ -169,32 +185,47 @@ class Authority:
 
     def _user_realm(self, upn: str) -> Response:
         domain = upn.partition("@")[2] or upn
-        return json_response({
-            "ver": "1.0",
-            "account_type": "Managed",
-            "domain_name": domain,
-            "cloud_instance_name": "microsoftonline.com",
-            "cloud_audience_urn": "urn:federation:MicrosoftOnline",
-        }, content_type=PLAIN_JSON)
+        return json_response(
+            {
+                "ver": "1.0",
+                "account_type": "Managed",
+                "domain_name": domain,
+                "cloud_instance_name": "microsoftonline.com",
+                "cloud_audience_urn": "urn:federation:MicrosoftOnline",
+            },
+            content_type=PLAIN_JSON,
+        )
 
     # ---- token endpoint ----------------------------------------------------------------
 
-    def _error(self, status: int, error: str, code: int, message: str,
-               headers: dict[str, str], extra: dict[str, str] | None = None) -> Response:
+    def _error(
+        self,
+        status: int,
+        error: str,
+        code: int,
+        message: str,
+        headers: dict[str, str],
+        extra: dict[str, str] | None = None,
+    ) -> Response:
         now = datetime.now(UTC)
         trace = str(uuid.uuid4())
         correlation = headers.get("client-request-id") or str(uuid.uuid4())
         stamp = now.strftime("%Y-%m-%d %H:%M:%SZ")
-        return json_response({
-            "error": error,
-            "error_description": f"AADSTS{code}: {message} Trace ID: {trace} Correlation ID: "
-                                 f"{correlation} Timestamp: {stamp}",
-            "error_codes": [code],
-            "timestamp": stamp,
-            "trace_id": trace,
-            "correlation_id": correlation,
-            "error_uri": f"{self.host_url}/error?code={code}",
-        }, status=status, content_type=PLAIN_JSON, headers=extra)
+        return json_response(
+            {
+                "error": error,
+                "error_description": f"AADSTS{code}: {message} Trace ID: {trace} Correlation ID: "
+                f"{correlation} Timestamp: {stamp}",
+                "error_codes": [code],
+                "timestamp": stamp,
+                "trace_id": trace,
+                "correlation_id": correlation,
+                "error_uri": f"{self.host_url}/error?code={code}",
+            },
+            status=status,
+            content_type=PLAIN_JSON,
+            headers=extra,
+        )
 
     def _client_auth(self, form: dict[str, str], headers: dict[str, str]) -> tuple[str, str]:
         auth = headers.get("authorization", "")
@@ -212,32 +243,58 @@ class Authority:
         if fault is not None:
             retry = {"Retry-After": str(max(1, round(fault.retry_after)))}
             if fault.kind == "token_429":
-                return self._error(429, "temporarily_unavailable", 90055,
-                                   "TenantThrottlingThreshold - The number of requests exceeded "
-                                   "the throttling limits.", headers, retry)
+                return self._error(
+                    429,
+                    "temporarily_unavailable",
+                    90055,
+                    "TenantThrottlingThreshold - The number of requests exceeded "
+                    "the throttling limits.",
+                    headers,
+                    retry,
+                )
             if fault.kind == "token_503":
-                return self._error(503, "temporarily_unavailable", 90033,
-                                   "A transient error has occurred. Please try again.", headers,
-                                   retry)
+                return self._error(
+                    503,
+                    "temporarily_unavailable",
+                    90033,
+                    "A transient error has occurred. Please try again.",
+                    headers,
+                    retry,
+                )
             return self._bad_secret(headers)
         if tenant.lower() != self.creds.tenant_id.lower():
             return self._error(400, "invalid_request", 90002, self._tenant_msg(tenant), headers)
         form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         grant = form.get("grant_type", "")
         if grant not in ("client_credentials", "password", "refresh_token"):
-            return self._error(400, "unsupported_grant_type", 70003,
-                               f"The app requested an unsupported grant type '{grant}'.", headers)
+            return self._error(
+                400,
+                "unsupported_grant_type",
+                70003,
+                f"The app requested an unsupported grant type '{grant}'.",
+                headers,
+            )
         client_id, secret = self._client_auth(form, headers)
         if client_id.lower() != self.creds.client_id.lower():
-            return self._error(400, "unauthorized_client", 700016,
-                               f"Application with identifier '{client_id}' was not found in the "
-                               f"directory '{self.creds.tenant_id}'. This can happen if the "
-                               "application has not been installed by the administrator of the "
-                               "tenant or consented to by any user in the tenant.", headers)
+            return self._error(
+                400,
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{client_id}' was not found in the "
+                f"directory '{self.creds.tenant_id}'. This can happen if the "
+                "application has not been installed by the administrator of the "
+                "tenant or consented to by any user in the tenant.",
+                headers,
+            )
         if not secret:
-            return self._error(401, "invalid_client", 7000218,
-                               "The request body must contain the following parameter: "
-                               "'client_assertion' or 'client_secret'.", headers)
+            return self._error(
+                401,
+                "invalid_client",
+                7000218,
+                "The request body must contain the following parameter: "
+                "'client_assertion' or 'client_secret'.",
+                headers,
+            )
         if not secrets.compare_digest(secret, self.creds.client_secret):
             return self._bad_secret(headers)
         scope_error = self._check_scope(form.get("scope", ""), grant, headers)
@@ -247,36 +304,59 @@ class Authority:
             return self._grant(self.app, user_flow=False)
         if grant == "password":
             user_ok = form.get("username", "").lower() == self.creds.username.lower()
-            if not user_ok or not secrets.compare_digest(form.get("password", ""),
-                                                         self.creds.password):
-                return self._error(400, "invalid_grant", 50126,
-                                   "Error validating credentials due to invalid username or "
-                                   "password.", headers)
+            if not user_ok or not secrets.compare_digest(
+                form.get("password", ""), self.creds.password
+            ):
+                return self._error(
+                    400,
+                    "invalid_grant",
+                    50126,
+                    "Error validating credentials due to invalid username or password.",
+                    headers,
+                )
             return self._grant(self.user, user_flow=True)
         principal = self.tokens.redeem_refresh(form.get("refresh_token", ""))
         if principal is None:
-            return self._error(400, "invalid_grant", 9002313,
-                               "Invalid request. Request is malformed or invalid.", headers)
+            return self._error(
+                400,
+                "invalid_grant",
+                9002313,
+                "Invalid request. Request is malformed or invalid.",
+                headers,
+            )
         return self._grant(principal, user_flow=True)
 
     def _bad_secret(self, headers: dict[str, str]) -> Response:
-        return self._error(401, "invalid_client", 7000215,
-                           "Invalid client secret provided. Ensure the secret being sent in the "
-                           "request is the client secret value, not the client secret ID, for a "
-                           f"secret added to app '{self.creds.client_id}'.", headers)
+        return self._error(
+            401,
+            "invalid_client",
+            7000215,
+            "Invalid client secret provided. Ensure the secret being sent in the "
+            "request is the client secret value, not the client secret ID, for a "
+            f"secret added to app '{self.creds.client_id}'.",
+            headers,
+        )
 
     def _check_scope(self, scope: str, grant: str, headers: dict[str, str]) -> Response | None:
         scopes = [s for s in scope.split() if s not in _USER_SCOPES]
         wanted = {f"{self.org_url}/.default", f"{self.org_url}//.default"}
         if not scopes:
-            return self._error(400, "invalid_scope", 70011,
-                               "The provided request must include a 'scope' input parameter.",
-                               headers)
+            return self._error(
+                400,
+                "invalid_scope",
+                70011,
+                "The provided request must include a 'scope' input parameter.",
+                headers,
+            )
         if len(scopes) != 1 or scopes[0] not in wanted:
-            return self._error(400, "invalid_scope", 70011,
-                               f"The provided value for the input parameter 'scope' is not valid. "
-                               f"The scope {scope} is not valid. Use {self.org_url}/.default.",
-                               headers)
+            return self._error(
+                400,
+                "invalid_scope",
+                70011,
+                f"The provided value for the input parameter 'scope' is not valid. "
+                f"The scope {scope} is not valid. Use {self.org_url}/.default.",
+                headers,
+            )
         return None
 
     def _grant(self, principal: Principal, user_flow: bool) -> Response:
@@ -288,15 +368,21 @@ class Authority:
             "access_token": self.tokens.issue(principal, lifetime),
         }
         if user_flow:
-            body.update({
-                "scope": f"{self.org_url}/user_impersonation {self.org_url}/.default",
-                "refresh_token": self.tokens.issue_refresh(principal),
-                "id_token": self._id_token(principal),
-                "client_info": _b64url(orjson.dumps(
-                    {"uid": principal.user_id, "utid": self.creds.tenant_id})),
-            })
-        return json_response(body, content_type=PLAIN_JSON,
-                             headers={"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"})
+            body.update(
+                {
+                    "scope": f"{self.org_url}/user_impersonation {self.org_url}/.default",
+                    "refresh_token": self.tokens.issue_refresh(principal),
+                    "id_token": self._id_token(principal),
+                    "client_info": _b64url(
+                        orjson.dumps({"uid": principal.user_id, "utid": self.creds.tenant_id})
+                    ),
+                }
+            )
+        return json_response(
+            body,
+            content_type=PLAIN_JSON,
+            headers={"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"},
+        )
 
     def _id_token(self, principal: Principal) -> str:
         """Unsigned JWT: MSAL reads (not verifies) claims from the id_token it is handed."""

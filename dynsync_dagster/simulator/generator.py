@@ -10,16 +10,90 @@ from typing import Any
 
 from .org import USD_CURRENCY_ID, Org
 
-_FIRST = (
-    "Anna Ben Carla David Emma Felix Greta Hugo Ida Jonas Klara Lukas Mia Noah Olivia Paul "
-    "Quinn Rosa Sam Tara Uwe Vera Wim Xenia Yusuf Zoe Lena Max Sofia Elias Nora Finn Lea "
-    "Milan Eva Jan Lisa Tim Marie Tom"
-).split()
-_LAST = (
-    "Smith Jansen Müller de Vries Garcia Rossi Novak Kowalski Dubois Silva Berg Hansen Costa "
-    "Weber Bakker Visser Meyer Fischer Wagner Becker Schulz Hoffmann Koch Richter Klein Wolf "
-    "Peeters Maes Jacobs Mertens Willems Claes Goossens Wouters O'Brien Nguyen Patel Kim Chen"
-).split()
+_FIRST = [
+    "Anna",
+    "Ben",
+    "Carla",
+    "David",
+    "Emma",
+    "Felix",
+    "Greta",
+    "Hugo",
+    "Ida",
+    "Jonas",
+    "Klara",
+    "Lukas",
+    "Mia",
+    "Noah",
+    "Olivia",
+    "Paul",
+    "Quinn",
+    "Rosa",
+    "Sam",
+    "Tara",
+    "Uwe",
+    "Vera",
+    "Wim",
+    "Xenia",
+    "Yusuf",
+    "Zoe",
+    "Lena",
+    "Max",
+    "Sofia",
+    "Elias",
+    "Nora",
+    "Finn",
+    "Lea",
+    "Milan",
+    "Eva",
+    "Jan",
+    "Lisa",
+    "Tim",
+    "Marie",
+    "Tom",
+]
+_LAST = [
+    "Smith",
+    "Jansen",
+    "Müller",
+    "de",
+    "Vries",
+    "Garcia",
+    "Rossi",
+    "Novak",
+    "Kowalski",
+    "Dubois",
+    "Silva",
+    "Berg",
+    "Hansen",
+    "Costa",
+    "Weber",
+    "Bakker",
+    "Visser",
+    "Meyer",
+    "Fischer",
+    "Wagner",
+    "Becker",
+    "Schulz",
+    "Hoffmann",
+    "Koch",
+    "Richter",
+    "Klein",
+    "Wolf",
+    "Peeters",
+    "Maes",
+    "Jacobs",
+    "Mertens",
+    "Willems",
+    "Claes",
+    "Goossens",
+    "Wouters",
+    "O'Brien",
+    "Nguyen",
+    "Patel",
+    "Kim",
+    "Chen",
+]
 _JOBS = (
     "Purchasing Manager",
     "CFO",
@@ -32,8 +106,32 @@ _JOBS = (
     "Analyst",
     None,
 )
-_ADJ = "Adventure Blue Contoso Fabrikam Northwind Alpine Litware Proseware Tailspin Wide Coho".split()
-_NOUN = "Works Systems Traders Logistics Foods Labs Partners Energy Media Health Capital".split()
+_ADJ = [
+    "Adventure",
+    "Blue",
+    "Contoso",
+    "Fabrikam",
+    "Northwind",
+    "Alpine",
+    "Litware",
+    "Proseware",
+    "Tailspin",
+    "Wide",
+    "Coho",
+]
+_NOUN = [
+    "Works",
+    "Systems",
+    "Traders",
+    "Logistics",
+    "Foods",
+    "Labs",
+    "Partners",
+    "Energy",
+    "Media",
+    "Health",
+    "Capital",
+]
 _SUFFIX = ("Inc.", "Ltd", "GmbH", "B.V.", "S.A.", "LLC", "AG", "plc")
 _CITIES = (
     ("Amsterdam", "Netherlands"),
@@ -65,11 +163,18 @@ class DatasetSpec:
 
     def validate(self) -> None:
         fixed = sum(self.sized_accounts) + self.orphan_contacts + self.contact_parented_contacts
-        if min((self.accounts, self.contacts, self.orphan_contacts, *self.sized_accounts), default=0) < 0:
+        if (
+            min(
+                (self.accounts, self.contacts, self.orphan_contacts, *self.sized_accounts),
+                default=0,
+            )
+            < 0
+        ):
             raise ValueError("DatasetSpec counts must not be negative")
         if len(self.sized_accounts) > self.accounts:
             raise ValueError(
-                f"sized_accounts has {len(self.sized_accounts)} entries but accounts={self.accounts}"
+                f"sized_accounts has {len(self.sized_accounts)} entries "
+                f"but accounts={self.accounts}"
             )
         if self.contacts < fixed:
             raise ValueError(
@@ -121,7 +226,8 @@ def generate(spec: DatasetSpec, org: Org, owners: list[str]) -> None:
         r = rng.getrandbits(64)
         row = accounts.new_row()
         city, country = _CITIES[r % len(_CITIES)]
-        name = f"{_ADJ[(r >> 8) % len(_ADJ)]} {_NOUN[(r >> 16) % len(_NOUN)]} {i + 1} {_SUFFIX[(r >> 24) % len(_SUFFIX)]}"
+        adjective, noun = _ADJ[(r >> 8) % len(_ADJ)], _NOUN[(r >> 16) % len(_NOUN)]
+        name = f"{adjective} {noun} {i + 1} {_SUFFIX[(r >> 24) % len(_SUFFIX)]}"
         slug = name.split()[0].lower()
         created, modified, mts = times()
         row[a["accountid"]] = aid
@@ -182,8 +288,8 @@ def generate(spec: DatasetSpec, org: Org, owners: list[str]) -> None:
         row[c["firstname"]] = first
         row[c["lastname"]] = last
         row[c["fullname"]] = f"{first} {last}"
-        row[c["emailaddress1"]] = f"{first}.{last}.{i + 1}@{_DOMAINS[(r >> 16) % 5]}".lower().replace(
-            " ", ""
+        row[c["emailaddress1"]] = (
+            f"{first}.{last}.{i + 1}@{_DOMAINS[(r >> 16) % 5]}".lower().replace(" ", "")
         )
         row[c["jobtitle"]] = _JOBS[(r >> 20) % len(_JOBS)]
         row[c["telephone1"]] = f"+49 30 {(r >> 24) % 9000 + 1000} {(r >> 38) % 10000:04d}"
@@ -197,7 +303,9 @@ def generate(spec: DatasetSpec, org: Org, owners: list[str]) -> None:
             row[c["accountid"]] = parent if parent_type == "account" else None
         row[c["ownerid"]] = owners[(r >> 44) % len(owners)]
         row[c["owneridtype"]] = "systemuser"
-        row[c["governmentid"]] = f"{(r >> 2) % 900 + 100}-{(r >> 14) % 90 + 10}-{(r >> 22) % 10000:04d}"
+        row[c["governmentid"]] = (
+            f"{(r >> 2) % 900 + 100}-{(r >> 14) % 90 + 10}-{(r >> 22) % 10000:04d}"
+        )
         row[c["annualincome"]] = float(((r >> 48) % 200) * 1000 + 20000)
         row[c["transactioncurrencyid"]] = USD_CURRENCY_ID
         row[c["statecode"]] = 0

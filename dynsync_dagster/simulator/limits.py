@@ -55,7 +55,8 @@ class ServiceProtection:
             if usage.concurrent >= self.concurrency_limit:
                 raise _throttled(
                     "0x80072326",
-                    f"Number of concurrent requests exceeded the limit of {self.concurrency_limit}.",
+                    "Number of concurrent requests exceeded the limit of "
+                    f"{self.concurrency_limit}.",
                     1,
                 )
             if len(usage.requests) >= self.request_limit:
@@ -90,11 +91,12 @@ class ServiceProtection:
     def headers(self, principal: str) -> dict[str, str]:
         with self._lock:
             usage = self._usage.get(principal) or _Usage()
+            time_left = max(0.0, self.execution_limit_ms - usage.execution_ms)
             return {
                 "x-ms-ratelimit-burst-remaining-xrm-requests": str(
                     max(0, self.request_limit - len(usage.requests))
                 ),
-                "x-ms-ratelimit-time-remaining-xrm-requests": f"{max(0.0, self.execution_limit_ms - usage.execution_ms):,.2f}",
+                "x-ms-ratelimit-time-remaining-xrm-requests": f"{time_left:,.2f}",
             }
 
 

@@ -47,13 +47,20 @@ _ENTITY_PROPS = (
     "IsValidForAdvancedFind", "IsManaged",
 )  # fmt: skip
 SYSTEM_ADMIN_PROFILE = "572329c1-a042-4e22-be47-367c6374ea45"
-_ENTITY_KEY = re.compile(r"^EntityDefinitions(?:\((?:LogicalName='([^']*)'|([0-9a-fA-F-]{36}))\))?$")
+_ENTITY_KEY = re.compile(
+    r"^EntityDefinitions(?:\((?:LogicalName='([^']*)'|([0-9a-fA-F-]{36}))\))?$"
+)
 _ATTR_KEY = re.compile(r"^Attributes(?:\((?:LogicalName='([^']*)'|([0-9a-fA-F-]{36}))\))?$")
 
 
 def label(text: str) -> dict[str, Any]:
-    localized = {"Label": text, "LanguageCode": 1033, "IsManaged": True,
-                 "MetadataId": metadata_id("label", text), "HasChanged": None}
+    localized = {
+        "Label": text,
+        "LanguageCode": 1033,
+        "IsManaged": True,
+        "MetadataId": metadata_id("label", text),
+        "HasChanged": None,
+    }
     return {"LocalizedLabels": [localized], "UserLocalizedLabel": localized}
 
 
@@ -89,8 +96,11 @@ def attribute_record(entity: Entity, attr: Attribute, column: int) -> dict[str, 
         "IsCustomAttribute": attr.is_custom,
         "IsPrimaryId": is_pk,
         "IsPrimaryName": attr.logical_name == entity.primary_name,
-        "RequiredLevel": {"Value": attr.required_level, "CanBeChanged": True,
-                          "ManagedPropertyLogicalName": "canmodifyrequirementlevelsettings"},
+        "RequiredLevel": {
+            "Value": attr.required_level,
+            "CanBeChanged": True,
+            "ManagedPropertyLogicalName": "canmodifyrequirementlevelsettings",
+        },
         "DisplayName": label(_display(attr.logical_name)),
         "IsValidODataAttribute": attr.is_web_property,
         "IsFilterable": attr.is_web_property,
@@ -102,8 +112,12 @@ def attribute_record(entity: Entity, attr: Attribute, column: int) -> dict[str, 
     if kind in ("String", "Memo"):
         record["MaxLength"] = attr.max_length or 100
         record["DatabaseLength"] = (attr.max_length or 100) * 2
-        fmt = {"emailaddress1": "Email", "telephone1": "Phone", "mobilephone": "Phone",
-               "websiteurl": "Url"}.get(attr.logical_name, "Text" if kind == "String" else "TextArea")
+        fmt = {
+            "emailaddress1": "Email",
+            "telephone1": "Phone",
+            "mobilephone": "Phone",
+            "websiteurl": "Url",
+        }.get(attr.logical_name, "Text" if kind == "String" else "TextArea")
         record["Format"] = fmt
     elif kind in ("Money", "Decimal", "Double"):
         record["Precision"] = attr.precision if attr.precision is not None else 2
@@ -133,17 +147,31 @@ def attribute_record(entity: Entity, attr: Attribute, column: int) -> dict[str, 
 
 
 def option_set(entity: Entity, attr: Attribute) -> dict[str, Any]:
-    base = {"MetadataId": metadata_id(entity.logical_name, attr.logical_name, "optionset"),
-            "Name": f"{entity.logical_name}_{attr.logical_name}", "IsGlobal": False,
-            "IsCustomOptionSet": attr.is_custom}
-    options = [{"Value": v, "Label": label(text), "Color": None, "IsManaged": True}
-               for v, text in attr.options]
+    base = {
+        "MetadataId": metadata_id(entity.logical_name, attr.logical_name, "optionset"),
+        "Name": f"{entity.logical_name}_{attr.logical_name}",
+        "IsGlobal": False,
+        "IsCustomOptionSet": attr.is_custom,
+    }
+    options = [
+        {"Value": v, "Label": label(text), "Color": None, "IsManaged": True}
+        for v, text in attr.options
+    ]
     if attr.attribute_type == "Boolean":
         by_value = {o["Value"]: o for o in options}
-        return {**base, "OptionSetType": "Boolean", "TrueOption": by_value.get(1),
-                "FalseOption": by_value.get(0)}
-    return {**base, "OptionSetType": attr.attribute_type if attr.attribute_type in (
-        "State", "Status") else "Picklist", "Options": options}
+        return {
+            **base,
+            "OptionSetType": "Boolean",
+            "TrueOption": by_value.get(1),
+            "FalseOption": by_value.get(0),
+        }
+    return {
+        **base,
+        "OptionSetType": attr.attribute_type
+        if attr.attribute_type in ("State", "Status")
+        else "Picklist",
+        "Options": options,
+    }
 
 
 def entity_record(entity: Entity) -> dict[str, Any]:
@@ -182,16 +210,18 @@ def _parse_select(text: str | None, allowed: tuple[str, ...], type_name: str) ->
     return names
 
 
-def _dict_filter(text: str | None, allowed: tuple[str, ...], type_name: str
-                 ) -> Callable[[dict], bool]:
+def _dict_filter(
+    text: str | None, allowed: tuple[str, ...], type_name: str
+) -> Callable[[dict], bool]:
     if text is None:
         return lambda record: True
 
     def getter(prop: str) -> Callable[[dict], Any]:
         path = prop.split("/")
         if path[0] not in allowed:
-            raise bad_query(f"Could not find a property named '{path[0]}' on type "
-                            f"'{NS}{type_name}'.")
+            raise bad_query(
+                f"Could not find a property named '{path[0]}' on type '{NS}{type_name}'."
+            )
 
         def get(record: dict) -> Any:
             value: Any = record
@@ -235,14 +265,19 @@ class MetadataService:
     def _entity(self, logical: str | None, meta_id: str | None) -> Entity:
         for table in self.org.tables.values():
             entity = table.entity
-            if entity.logical_name == logical or (meta_id and entity.metadata_id == meta_id.lower()):
+            if entity.logical_name == logical or (
+                meta_id and entity.metadata_id == meta_id.lower()
+            ):
                 return entity
-        raise ODataError(404, "0x80040217",
-                         f"Could not find entity with logical name '{logical or meta_id}'.")
+        raise ODataError(
+            404, "0x80040217", f"Could not find entity with logical name '{logical or meta_id}'."
+        )
 
     def attributes(self, entity: Entity) -> list[tuple[Attribute, dict[str, Any]]]:
-        return [(a, attribute_record(entity, a, n))
-                for n, a in enumerate(entity.attributes.values(), start=1)]
+        return [
+            (a, attribute_record(entity, a, n))
+            for n, a in enumerate(entity.attributes.values(), start=1)
+        ]
 
     def handle(self, segments: list[str], params: dict[str, str], base: str) -> Response:
         """`segments` are the path parts after the API root, starting with EntityDefinitions…"""
@@ -262,8 +297,9 @@ class MetadataService:
                 suffix = f"({','.join(names)})" if names else ""
                 expand = _parse_expand(params.get("$expand"))
                 if "Attributes" in expand:
-                    body["Attributes"] = self._attribute_rows(entity, expand["Attributes"], None,
-                                                              None)
+                    body["Attributes"] = self._attribute_rows(
+                        entity, expand["Attributes"], None, None
+                    )
                 ctx = f"{base}$metadata#EntityDefinitions{suffix}/$entity"
                 return json_response({"@odata.context": ctx, **body})
             return self._attributes_route(entity, key, segments[1:], params, base)
@@ -278,23 +314,26 @@ class MetadataService:
             if keep(record):
                 row = _select(record, names, ("MetadataId",))
                 if "Attributes" in expand:
-                    row["Attributes"] = self._attribute_rows(table.entity, expand["Attributes"],
-                                                             None, None)
+                    row["Attributes"] = self._attribute_rows(
+                        table.entity, expand["Attributes"], None, None
+                    )
                 rows.append(row)
         suffix = f"({','.join(names)})" if names else ""
-        return json_response({"@odata.context": f"{base}$metadata#EntityDefinitions{suffix}",
-                              "value": rows})
+        return json_response(
+            {"@odata.context": f"{base}$metadata#EntityDefinitions{suffix}", "value": rows}
+        )
 
-    def _attributes_route(self, entity: Entity, key: str, rest: list[str],
-                          params: dict[str, str], base: str) -> Response:
+    def _attributes_route(
+        self, entity: Entity, key: str, rest: list[str], params: dict[str, str], base: str
+    ) -> Response:
         m = _ATTR_KEY.match(rest[0])
         if m is None:
             raise bad_query(f"Resource not found for the segment '{rest[0]}'.")
         cast: str | None = None
         if len(rest) == 2:
-            if not rest[1].startswith(NS) or rest[1][len(NS):] not in _CLASS_PROPS:
+            if not rest[1].startswith(NS) or rest[1][len(NS) :] not in _CLASS_PROPS:
                 raise bad_query(f"Resource not found for the segment '{rest[1]}'.")
-            cast = rest[1][len(NS):]
+            cast = rest[1][len(NS) :]
         elif len(rest) > 2:
             raise bad_query(f"Resource not found for the segment '{rest[2]}'.")
         one = m.group(1) or m.group(2)
@@ -304,8 +343,9 @@ class MetadataService:
         expand = _parse_expand(params.get("$expand"))
         for nav in expand:
             if nav not in ("OptionSet", "GlobalOptionSet") or cast not in _OPTION_CLASSES:
-                raise bad_query(f"Could not find a property named '{nav}' on type "
-                                f"'{NS}{type_name}'.")
+                raise bad_query(
+                    f"Could not find a property named '{nav}' on type '{NS}{type_name}'."
+                )
         keep = _dict_filter(params.get("$filter"), allowed, type_name)
         rows = self._attribute_rows(entity, params.get("$select"), cast, expand, keep, allowed)
         path = f"EntityDefinitions({key})/Attributes" + (f"/{NS}{cast}" if cast else "")
@@ -313,11 +353,15 @@ class MetadataService:
         if one is not None:
             for row in rows:
                 if one in (row.get("LogicalName"), row.get("MetadataId")) or (
-                        one == self._logical_of(entity, row.get("MetadataId"))):
+                    one == self._logical_of(entity, row.get("MetadataId"))
+                ):
                     ctx = f"{base}$metadata#{path}{suffix}/$entity"
                     return json_response({"@odata.context": ctx, **row})
-            raise ODataError(404, "0x80040217",
-                             f"Could not find attribute '{one}' on entity '{entity.logical_name}'.")
+            raise ODataError(
+                404,
+                "0x80040217",
+                f"Could not find attribute '{one}' on entity '{entity.logical_name}'.",
+            )
         return json_response({"@odata.context": f"{base}$metadata#{path}{suffix}", "value": rows})
 
     @staticmethod
@@ -327,10 +371,15 @@ class MetadataService:
                 return attr.logical_name
         return None
 
-    def _attribute_rows(self, entity: Entity, select: str | None, cast: str | None,
-                        expand: dict[str, str | None] | None,
-                        keep: Callable[[dict], bool] | None = None,
-                        allowed: tuple[str, ...] = _BASE_PROPS) -> list[dict[str, Any]]:
+    def _attribute_rows(
+        self,
+        entity: Entity,
+        select: str | None,
+        cast: str | None,
+        expand: dict[str, str | None] | None,
+        keep: Callable[[dict], bool] | None = None,
+        allowed: tuple[str, ...] = _BASE_PROPS,
+    ) -> list[dict[str, Any]]:
         names = _parse_select(select, allowed, cast or "AttributeMetadata")
         rows = []
         for attr, record in self.attributes(entity):
@@ -338,8 +387,10 @@ class MetadataService:
                 continue
             if keep is not None and not keep(record):
                 continue
-            row = {"@odata.type": f"#{NS}{attr.metadata_class}",
-                   **_select(record, names, ("MetadataId",))}
+            row = {
+                "@odata.type": f"#{NS}{attr.metadata_class}",
+                **_select(record, names, ("MetadataId",)),
+            }
             if expand and "OptionSet" in expand:
                 row["OptionSet"] = option_set(entity, attr)
             if expand and "GlobalOptionSet" in expand:
@@ -350,40 +401,60 @@ class MetadataService:
     # ---- identity ---------------------------------------------------------------------
 
     def who_am_i(self, user_id: str, base: str) -> Response:
-        return json_response({
-            "@odata.context": f"{base}$metadata#{NS}WhoAmIResponse",
-            "BusinessUnitId": self.org.business_unit_id,
-            "UserId": user_id,
-            "OrganizationId": self.org.organization_id,
-        })
+        return json_response(
+            {
+                "@odata.context": f"{base}$metadata#{NS}WhoAmIResponse",
+                "BusinessUnitId": self.org.business_unit_id,
+                "UserId": user_id,
+                "OrganizationId": self.org.organization_id,
+            }
+        )
 
-    def _user(self, user_id: str):  # noqa: ANN202 - SystemUser
+    def _user(self, user_id: str):
         user = self.org.users.get(user_id.lower())
         if user is None:
             raise ODataError(404, "0x80040217", f"systemuser With Id = {user_id} Does Not Exist")
         return user
 
-    def system_user(self, user_id: str, rest: list[str], params: dict[str, str],
-                    base: str) -> Response:
+    def system_user(
+        self, user_id: str, rest: list[str], params: dict[str, str], base: str
+    ) -> Response:
         user = self._user(user_id)
         if not rest:
-            record = {"systemuserid": user.systemuserid, "fullname": user.fullname,
-                      "domainname": user.domainname, "isdisabled": False,
-                      "applicationid": None, "_businessunitid_value": self.org.business_unit_id}
+            record = {
+                "systemuserid": user.systemuserid,
+                "fullname": user.fullname,
+                "domainname": user.domainname,
+                "isdisabled": False,
+                "applicationid": None,
+                "_businessunitid_value": self.org.business_unit_id,
+            }
             names = _parse_select(params.get("$select"), tuple(record), "systemuser")
             body = _select(record, names, ("systemuserid",))
-            return json_response({"@odata.context": f"{base}$metadata#systemusers/$entity",
-                                  "@odata.etag": 'W/"1"', **body})
+            return json_response(
+                {
+                    "@odata.context": f"{base}$metadata#systemusers/$entity",
+                    "@odata.etag": 'W/"1"',
+                    **body,
+                }
+            )
         if rest == [f"{NS}RetrievePrincipalAttributePrivileges()"]:
             return self._attribute_privileges(user.systemuserid, base)
         if rest == ["systemuserroles_association"]:
-            roles = [{"roleid": metadata_id("role", r), "name": r,
-                      "_businessunitid_value": self.org.business_unit_id} for r in user.roles]
+            roles = [
+                {
+                    "roleid": metadata_id("role", r),
+                    "name": r,
+                    "_businessunitid_value": self.org.business_unit_id,
+                }
+                for r in user.roles
+            ]
             allowed = ("roleid", "name", "_businessunitid_value")
             names = _parse_select(params.get("$select"), allowed, "role")
             keep = _dict_filter(params.get("$filter"), allowed, "role")
-            value = [{"@odata.etag": 'W/"1"', **_select(r, names, ("roleid",))}
-                     for r in roles if keep(r)]
+            value = [
+                {"@odata.etag": 'W/"1"', **_select(r, names, ("roleid",))} for r in roles if keep(r)
+            ]
             return json_response({"@odata.context": f"{base}$metadata#roles", "value": value})
         raise bad_query(f"Resource not found for the segment '{rest[0]}'.")
 
@@ -393,14 +464,20 @@ class MetadataService:
             for attr in table.entity.attributes.values():
                 if attr.is_secured:
                     readable = self.org.can_read(user_id, table.name, attr.logical_name)
-                    privileges.append({
-                        "AttributeId": attr.metadata_id,
-                        "CanCreate": 4 if readable else 0,
-                        "CanRead": 4 if readable else 0,
-                        "CanUpdate": 4 if readable else 0,
-                        "CanReadUnMasked": 0,
-                    })
-        return json_response({
-            "@odata.context": f"{base}$metadata#{NS}RetrievePrincipalAttributePrivilegesResponse",
-            "AttributePrivileges": privileges,
-        })
+                    privileges.append(
+                        {
+                            "AttributeId": attr.metadata_id,
+                            "CanCreate": 4 if readable else 0,
+                            "CanRead": 4 if readable else 0,
+                            "CanUpdate": 4 if readable else 0,
+                            "CanReadUnMasked": 0,
+                        }
+                    )
+        return json_response(
+            {
+                "@odata.context": (
+                    f"{base}$metadata#{NS}RetrievePrincipalAttributePrivilegesResponse"
+                ),
+                "AttributePrivileges": privileges,
+            }
+        )

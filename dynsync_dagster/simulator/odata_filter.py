@@ -56,7 +56,8 @@ class Literal:
         }.get(self.kind, "null")
 
 
-# AST: ("and"|"or", left, right) | ("not", node) | ("cmp", op, prop, Literal) | ("fn", name, prop, Literal)
+# AST: ("and"|"or", left, right) | ("not", node) | ("cmp", op, prop, Literal)
+#      | ("fn", name, prop, Literal)
 Node = tuple
 
 
@@ -113,7 +114,7 @@ class _Parser:
         return tok
 
     def expect(self, value: str) -> None:
-        kind, raw = self.take()
+        _, raw = self.take()
         if raw != value:
             raise bad_query(f"')' or operator expected at '{raw}' in '{self.text}'.")
 

@@ -32,7 +32,7 @@ class SystemUser:
 
 
 class DeltaTokenError(Exception):
-    """A $deltatoken that is malformed (`expired=False`) or too old / invalidated (`expired=True`)."""
+    """A $deltatoken that is malformed (expired=False) or too old / invalidated (expired=True)."""
 
     def __init__(self, expired: bool) -> None:
         super().__init__("expired" if expired else "malformed")
@@ -188,9 +188,7 @@ class Org:
             contacts = self.tables["contact"]
             slot = contacts.slot("parentcustomeridtype")
             return sorted(
-                c
-                for c in self._children.get(account_id, ())
-                if contacts.rows[c][slot] == "account"
+                c for c in self._children.get(account_id, ()) if contacts.rows[c][slot] == "account"
             )
 
     def primary_name(self, target_type: str | None, record_id: str) -> str | None:
@@ -309,7 +307,9 @@ class Org:
                 is_valid_for_read=is_valid_for_read,
                 options=tuple((int(v), str(label)) for v, label in (options or [])),
                 targets=tuple(targets or ()),
-                precision=precision if precision is not None else (2 if type_code == "Money" else None),
+                precision=precision
+                if precision is not None
+                else (2 if type_code == "Money" else None),
                 max_length=max_length,
                 datetime_behavior=datetime_behavior
                 or ("UserLocal" if type_code == "DateTime" else None),
@@ -556,4 +556,3 @@ class Org:
 
         rng = rng or random.Random()
         return [random_change(self, rng) for _ in range(n)]
-

@@ -14,7 +14,7 @@ import orjson
 from . import paging
 from .annotations import Annotations, Preferences
 from .errors import ODataError, bad_query, property_not_found
-from .odata_filter import Literal, compile_filter, parse_filter
+from .odata_filter import COMPARISONS, Literal, compile_filter, parse_filter
 from .org import DeltaTokenError, Org
 from .responses import JSON_TYPE, Response
 from .schema import Attribute
@@ -22,21 +22,44 @@ from .serialize import RowCache, compile_serializer
 from .table import Table
 
 MAX_PAGE_SIZE = 5000
+# Characters left as-is in nextLink/deltaLink query values (as Dataverse writes them).
+_SAFE = "$,()'=:@-_.~"
 COUNT_LIMIT = 5000
 _TRACKING_REJECTS = ("$filter", "$orderby", "$expand", "$top")
-_UNSUPPORTED = {"$skip": "Skip Clause is not supported in CRM", "$apply": "$apply is not supported",
-                "$search": "$search is not supported"}
+_UNSUPPORTED = {
+    "$skip": "Skip Clause is not supported in CRM",
+    "$apply": "$apply is not supported",
+    "$search": "$search is not supported",
+}
 _EDM = {
-    "String": "Edm.String", "Memo": "Edm.String", "EntityName": "Edm.String",
-    "Virtual": "Edm.String", "Uniqueidentifier": "Edm.Guid", "Lookup": "Edm.Guid",
-    "Customer": "Edm.Guid", "Owner": "Edm.Guid", "Integer": "Edm.Int32", "Picklist": "Edm.Int32",
-    "State": "Edm.Int32", "Status": "Edm.Int32", "BigInt": "Edm.Int64", "Money": "Edm.Decimal",
-    "Decimal": "Edm.Decimal", "Double": "Edm.Double", "Boolean": "Edm.Boolean",
+    "String": "Edm.String",
+    "Memo": "Edm.String",
+    "EntityName": "Edm.String",
+    "Virtual": "Edm.String",
+    "Uniqueidentifier": "Edm.Guid",
+    "Lookup": "Edm.Guid",
+    "Customer": "Edm.Guid",
+    "Owner": "Edm.Guid",
+    "Integer": "Edm.Int32",
+    "Picklist": "Edm.Int32",
+    "State": "Edm.Int32",
+    "Status": "Edm.Int32",
+    "BigInt": "Edm.Int64",
+    "Money": "Edm.Decimal",
+    "Decimal": "Edm.Decimal",
+    "Double": "Edm.Double",
+    "Boolean": "Edm.Boolean",
 }
 _ACCEPTS = {
-    "Edm.String": {"string"}, "Edm.Guid": {"guid"}, "Edm.Int32": {"int"}, "Edm.Int64": {"int"},
-    "Edm.Decimal": {"int", "decimal"}, "Edm.Double": {"int", "decimal"},
-    "Edm.Boolean": {"bool"}, "Edm.DateTimeOffset": {"datetime"}, "Edm.Date": {"date"},
+    "Edm.String": {"string"},
+    "Edm.Guid": {"guid"},
+    "Edm.Int32": {"int"},
+    "Edm.Int64": {"int"},
+    "Edm.Decimal": {"int", "decimal"},
+    "Edm.Double": {"int", "decimal"},
+    "Edm.Boolean": {"bool"},
+    "Edm.DateTimeOffset": {"datetime"},
+    "Edm.Date": {"date"},
 }
 
 
@@ -129,16 +152,25 @@ class EntityQueries:
                 props.append(web[extra])
         return props, names
 
-    def _shape(self, table: Table, props: list[Attribute], ann: Annotations,
-               masked: frozenset[str]) -> RowCache:
+    def _shape(
+        self, table: Table, props: list[Attribute], ann: Annotations, masked: frozenset[str]
+    ) -> RowCache:
         flags = (ann.formatted, ann.lookup_logical_name, ann.navigation_property)
-        key = (table.name, tuple(a.logical_name for a in props), flags, masked,
-               table.schema_version)
+        key = (
+            table.name,
+            tuple(a.logical_name for a in props),
+            flags,
+            masked,
+            table.schema_version,
+        )
         cache = self._shapes.get(key)
         if cache is None:
             serializer = compile_serializer(self.org, table, props, ann, masked)
-            name_slots = [table.slots[a.logical_name] for a in props
-                          if a.is_lookup and ann.formatted and a.logical_name not in masked]
+            name_slots = [
+                table.slots[a.logical_name]
+                for a in props
+                if a.is_lookup and ann.formatted and a.logical_name not in masked
+            ]
             cache = RowCache(self.org, table, serializer, name_slots)
             self._shapes[key] = cache
             if len(self._shapes) > self._max_shapes:
@@ -169,7 +201,7 @@ class EntityQueries:
                 raise bad_query(
                     "A binary operator with incompatible types was detected. Found operand "
                     f"types '{edm}' and '{lit.edm}' for operator kind "
-                    f"'{_OPERATOR_KINDS.get(op, op)}'."
+                    f"'{COMPARISONS.get(op, op)}'."
                 )
             return float(lit.value) if lit.kind == "decimal" else lit.value
 
@@ -195,13 +227,24 @@ class EntityQueries:
             order.append((pk, False))  # a unique tie-breaker keeps paging deterministic
         return order
 
-    def _view(self, table: Table, filter_text: str | None, order: list[tuple[Attribute, bool]],
-              masked: frozenset[str]) -> _View:
+    def _view(
+        self,
+        table: Table,
+        filter_text: str | None,
+        order: list[tuple[Attribute, bool]],
+        masked: frozenset[str],
+    ) -> _View:
         default_order = len(order) == 1 and not order[0][1]
         if filter_text is None and default_order:
             return _View(table.sorted_ids, None)  # live index: no copy of a million ids
-        key = (table.name, filter_text, tuple((a.logical_name, d) for a, d in order), masked,
-               table.data_version, table.schema_version)
+        key = (
+            table.name,
+            filter_text,
+            tuple((a.logical_name, d) for a, d in order),
+            masked,
+            table.data_version,
+            table.schema_version,
+        )
         view = self._views.get(key)
         if view is not None:
             self._views.move_to_end(key)
@@ -216,8 +259,11 @@ class EntityQueries:
         slots = [(table.slots[a.logical_name], desc, a.logical_name in masked) for a, desc in order]
         # Stable multi-pass sort, last key first; ids start in primary-key order, so a
         # trailing ascending primary key needs no pass of its own.
-        passes = slots[:-1] if slots[-1] == (table.slots[table.entity.primary_id], False, False) \
+        passes = (
+            slots[:-1]
+            if slots[-1] == (table.slots[table.entity.primary_id], False, False)
             else slots
+        )
         for slot, desc, hidden in reversed(passes):
             if not hidden:
                 ids.sort(key=lambda i, s=slot: _component(rows[i][s]), reverse=desc)
@@ -225,7 +271,8 @@ class EntityQueries:
         def sort_key(record_id: str) -> tuple:
             row = rows[record_id]
             return tuple(
-                _Desc(_component(None if hidden else row[s])) if desc
+                _Desc(_component(None if hidden else row[s]))
+                if desc
                 else _component(None if hidden else row[s])
                 for s, desc, hidden in slots
             )
@@ -300,8 +347,11 @@ class EntityQueries:
         else:
             page_ids = view.ids[start : start + size]
             more = start + size < len(view.ids)
-        snapshot = cookie.snapshot if cookie and cookie.snapshot is not None else (
-            self.org.current_version if tracking else None)
+        snapshot = (
+            cookie.snapshot
+            if cookie and cookie.snapshot is not None
+            else (self.org.current_version if tracking else None)
+        )
         cache = self._shape(table, props, ctx.prefs.annotations, masked)
         rows = table.rows
         body = [b'{"@odata.context":', orjson.dumps(self._context(ctx, table, names))]
@@ -315,8 +365,13 @@ class EntityQueries:
             next_cookie = paging.Cookie(
                 page_number=(cookie.page_number if cookie else 1) + 1,
                 is_tracking=tracking,
-                last=[(a.logical_name, None if a.logical_name in masked
-                       else last_row[table.slots[a.logical_name]]) for a, _ in order],
+                last=[
+                    (
+                        a.logical_name,
+                        None if a.logical_name in masked else last_row[table.slots[a.logical_name]],
+                    )
+                    for a, _ in order
+                ],
                 first_key=page_ids[0],
                 snapshot=snapshot,
                 page_size=size,
@@ -325,14 +380,14 @@ class EntityQueries:
             params.append(("$skiptoken", paging.encode(next_cookie, pk)))
             body += [b',"@odata.nextLink":', orjson.dumps(self._link(ctx, table, params))]
         elif tracking and snapshot is not None:
-            body += [b',"@odata.deltaLink":',
-                     orjson.dumps(self._delta_link(ctx, table, snapshot))]
+            body += [b',"@odata.deltaLink":', orjson.dumps(self._delta_link(ctx, table, snapshot))]
         body.append(b"}")
         headers = self._headers(ctx, None if top is not None else size, tracking)
         return Response(200, b"".join(body), JSON_TYPE, headers)
 
-    def _resume(self, view: _View, cookie: paging.Cookie, order: list[tuple[Attribute, bool]],
-                table: Table) -> int:
+    def _resume(
+        self, view: _View, cookie: paging.Cookie, order: list[tuple[Attribute, bool]], table: Table
+    ) -> int:
         """Index of the first row after the cookie's last key (stable under inserts/updates)."""
         if view.key is None:
             return bisect.bisect_right(view.ids, cookie.last[-1][1])
@@ -352,12 +407,15 @@ class EntityQueries:
             exceeded = b"true" if count and total > COUNT_LIMIT else b"false"
             out.append(b',"@Microsoft.Dynamics.CRM.totalrecordcountlimitexceeded":' + exceeded)
         if ann.metadata_version:
-            out.append(b',"@Microsoft.Dynamics.CRM.globalmetadataversion":'
-                       + orjson.dumps(str(self.org.metadata_version + 1_000_000)))
+            out.append(
+                b',"@Microsoft.Dynamics.CRM.globalmetadataversion":'
+                + orjson.dumps(str(self.org.metadata_version + 1_000_000))
+            )
         return out
 
-    def _context(self, ctx: QueryContext, table: Table, names: list[str] | None,
-                 suffix: str = "") -> str:
+    def _context(
+        self, ctx: QueryContext, table: Table, names: list[str] | None, suffix: str = ""
+    ) -> str:
         selection = f"({','.join(names)})" if names else ""
         return f"{ctx.api_base}$metadata#{table.entity.entity_set}{selection}{suffix}"
 
@@ -392,8 +450,12 @@ class EntityQueries:
             return self.org.check_delta_token(table.name, token)
         except DeltaTokenError as exc:
             if exc.expired:
-                raise ODataError(400, "0x80044352", "Version stamp associated with the client "
-                                 "has expired. Please perform a full sync.") from None
+                raise ODataError(
+                    400,
+                    "0x80044352",
+                    "Version stamp associated with the client "
+                    "has expired. Please perform a full sync.",
+                ) from None
             raise bad_query(f"The $deltatoken '{token}' is not valid.") from None
 
     def changes(self, table: Table, since: int, until: int) -> list[tuple[str, bool]]:
@@ -438,14 +500,23 @@ class EntityQueries:
             if row is not None:
                 items.append(cache.row_bytes(record_id, row))
             else:  # deleted, or deleted again since the snapshot
-                items.append(b'{"@odata.context":' + deleted_ctx + b',"id":"' +
-                             record_id.encode() + b'","reason":"deleted"}')
+                items.append(
+                    b'{"@odata.context":'
+                    + deleted_ctx
+                    + b',"id":"'
+                    + record_id.encode()
+                    + b'","reason":"deleted"}'
+                )
         body = [b'{"@odata.context":', orjson.dumps(self._context(ctx, table, names, "/$delta"))]
         body.append(b',"value":[' + b",".join(items) + b"]")
         if offset + size < len(view.ids):
-            next_cookie = paging.Cookie(page_number=(cookie.page_number if cookie else 1) + 1,
-                                        is_tracking=True, snapshot=until,
-                                        offset=offset + size, page_size=size)
+            next_cookie = paging.Cookie(
+                page_number=(cookie.page_number if cookie else 1) + 1,
+                is_tracking=True,
+                snapshot=until,
+                offset=offset + size,
+                page_size=size,
+            )
             params = [(k, v) for k, v in ctx.params if k != "$skiptoken"]
             params.append(("$skiptoken", paging.encode(next_cookie, table.entity.primary_id)))
             body += [b',"@odata.nextLink":', orjson.dumps(self._link(ctx, table, params))]
@@ -462,10 +533,12 @@ class EntityQueries:
             props, names = self._select(table, ctx.param("$select"))
             row = table.rows.get(record_id.lower())
             if row is None:
-                raise ODataError(404, "0x80040217",
-                                 f"{table.name} With Id = {record_id.lower()} Does Not Exist")
+                raise ODataError(
+                    404, "0x80040217", f"{table.name} With Id = {record_id.lower()} Does Not Exist"
+                )
             data = self._shape(table, props, ctx.prefs.annotations, masked).row_bytes(
-                record_id.lower(), row)
+                record_id.lower(), row
+            )
             context = orjson.dumps(self._context(ctx, table, names, "/$entity"))
             body = b'{"@odata.context":' + context + b"," + data[1:]
             return Response(200, body, JSON_TYPE, self._headers(ctx, None, False))
@@ -480,12 +553,6 @@ class EntityQueries:
                 masked = self.org.masked_columns(ctx.user_id, table.name)
                 order = self._order(table, None)
                 total = len(self._view(table, ctx.param("$filter"), order, masked).ids)
-            return Response(200, str(min(total, COUNT_LIMIT)).encode(),
-                            "text/plain; charset=utf-8", {})
-
-
-_SAFE = "$,()'=:@-_.~"
-_OPERATOR_KINDS = {
-    "eq": "Equal", "ne": "NotEqual", "gt": "GreaterThan", "ge": "GreaterThanOrEqual",
-    "lt": "LessThan", "le": "LessThanOrEqual",
-}
+            return Response(
+                200, str(min(total, COUNT_LIMIT)).encode(), "text/plain; charset=utf-8", {}
+            )

@@ -22,7 +22,12 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def json_response(data: Any, status: int = 200, content_type: str = JSON_TYPE,
-                  headers: dict[str, str] | None = None) -> Response:
-    return Response(status, orjson.dumps(data, option=orjson.OPT_UTC_Z), content_type,
-                    headers or {})
+def json_response(
+    data: Any,
+    status: int = 200,
+    content_type: str = JSON_TYPE,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    return Response(
+        status, orjson.dumps(data, option=orjson.OPT_UTC_Z), content_type, headers or {}
+    )

@@ -201,7 +201,7 @@ def _std(entity: str, specs: list[tuple]) -> dict[str, Attribute]:
 
 
 def _lookup_children(entity: str, name: str, polymorphic: bool) -> list[tuple]:
-    """The child attributes Dataverse adds for a lookup: `<x>name` and, if polymorphic, `<x>type`."""
+    """Child attributes Dataverse adds to a lookup: `<x>name`, and `<x>type` if polymorphic."""
     children: list[tuple] = [(f"{name}name", "String", {"attribute_of": name, "max_length": 160})]
     if polymorphic:
         children.append((f"{name}type", "EntityName", {"attribute_of": name}))

@@ -47,7 +47,10 @@ def navigation_property(attr: Attribute, target: str) -> str:
 def _formatter(attr: Attribute) -> str | None:
     """Name of the helper in the generated code's namespace that formats this type, if any."""
     kind = attr.attribute_type
-    if kind in ("Picklist", "State", "Status", "Boolean") or attr.type_name == "MultiSelectPicklistType":
+    if (
+        kind in ("Picklist", "State", "Status", "Boolean")
+        or attr.type_name == "MultiSelectPicklistType"
+    ):
         return None  # labels dict, handled separately
     if kind == "Money":
         return "fmt_money"
@@ -73,7 +76,10 @@ def compile_serializer(
         "name_of": org.primary_name,
     }
     slots = table.slots
-    lines = ["def serialize(row):", f"    d = {{'@odata.etag': 'W/\"%s\"' % row[{slots['versionnumber']}]}}"]
+    lines = [
+        "def serialize(row):",
+        f"    d = {{'@odata.etag': 'W/\"%s\"' % row[{slots['versionnumber']}]}}",
+    ]
     for n, attr in enumerate(props):
         key = attr.web_name
         slot = slots[attr.logical_name]
@@ -87,7 +93,7 @@ def compile_serializer(
             body: list[str] = []
             if ann.formatted:
                 body += [
-                    f"        n = name_of(t, v)",
+                    "        n = name_of(t, v)",
                     "        if n is not None:",
                     f"            d[{key + '@' + FORMATTED!r}] = n",
                 ]
@@ -97,7 +103,11 @@ def compile_serializer(
             if ann.lookup_logical_name:
                 body.append(f"        d[{key + '@' + LOOKUP_LOGICAL_NAME!r}] = t")
             if body:
-                lines += ["    if v is not None:", f"        t = {target} or {attr.targets[0]!r}", *body]
+                lines += [
+                    "    if v is not None:",
+                    f"        t = {target} or {attr.targets[0]!r}",
+                    *body,
+                ]
         elif ann.formatted:
             if attr.options:
                 # Booleans look up their 0/1 option labels too: False == 0 and True == 1 as keys.
@@ -107,10 +117,13 @@ def compile_serializer(
                     f"        d[{key + '@' + FORMATTED!r}] = labels{n}.get(v, str(v))",
                 ]
             elif (helper := _formatter(attr)) is not None:
-                lines += ["    if v is not None:", f"        d[{key + '@' + FORMATTED!r}] = {helper}(v)"]
+                lines += [
+                    "    if v is not None:",
+                    f"        d[{key + '@' + FORMATTED!r}] = {helper}(v)",
+                ]
         lines.append(f"    d[{key!r}] = v")
     lines.append("    return dumps(d, option=OPT)")
-    exec(compile("\n".join(lines), f"<serializer {table.name}>", "exec"), ns)  # noqa: S102
+    exec(compile("\n".join(lines), f"<serializer {table.name}>", "exec"), ns)
     return ns["serialize"]
 
 
@@ -120,8 +133,9 @@ class RowCache:
     Plain str->bytes/int dicts on purpose: they hold no GC-tracked objects, so a million
     cached rows add nothing to the cyclic collector's work (tuples did, and cost 2x)."""
 
-    def __init__(self, org: Org, table: Table, serialize: Callable[[list[Any]], bytes],
-                 name_slots: list[int]) -> None:
+    def __init__(
+        self, org: Org, table: Table, serialize: Callable[[list[Any]], bytes], name_slots: list[int]
+    ) -> None:
         self.org = org
         self.serialize = serialize
         self.version_slot = table.slots["versionnumber"]

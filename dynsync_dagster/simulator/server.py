@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
@@ -11,6 +12,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from .errors import ODataError
+from .responses import Response
 from .webapi import Application, Outcome, Request
 
 log = logging.getLogger("dynsync.simulator")
@@ -36,15 +39,13 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
-        request = Request(self.command, self.path, headers, self.headers.get_all("Prefer") or [],
-                          body)
+        request = Request(
+            self.command, self.path, headers, self.headers.get_all("Prefer") or [], body
+        )
         try:
             outcome = self.server.app.handle(request)
         except Exception:  # a bug must still produce the documented generic 500, not a hang
             log.exception("simulator failed on %s %s", self.command, self.path)
-            from .errors import ODataError
-            from .responses import Response
-
             err = ODataError(500, "0x80040216", "An unexpected error occurred.")
             outcome = Outcome(Response(500, err.body(), "application/json; charset=utf-8"))
         self._send(outcome)
@@ -54,11 +55,13 @@ class _Handler(BaseHTTPRequestHandler):
         body = response.body
         if outcome.delivery == "malformed":
             body = body[: max(1, len(body) // 2)]  # a cut-off JSON document, served as complete
-        lines = [f"HTTP/1.1 {response.status} {_reason(response.status)}",
-                 f"Date: {formatdate(usegmt=True)}",
-                 f"Server: {self.server_version}",
-                 f"Content-Type: {response.content_type}",
-                 f"Content-Length: {len(body)}"]
+        lines = [
+            f"HTTP/1.1 {response.status} {_reason(response.status)}",
+            f"Date: {formatdate(usegmt=True)}",
+            f"Server: {self.server_version}",
+            f"Content-Type: {response.content_type}",
+            f"Content-Length: {len(body)}",
+        ]
         lines += [f"{k}: {v}" for k, v in response.headers.items()]
         if self.close_connection:
             lines.append("Connection: close")
@@ -68,10 +71,8 @@ class _Handler(BaseHTTPRequestHandler):
             # Promise the whole body, send part of it, then hang up mid-stream.
             self.wfile.write(head + payload[: len(payload) // 2])
             self.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 self.request.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             return
         self.wfile.write(head + payload)  # one write: big pages go out in a single sendall
 
@@ -103,8 +104,7 @@ class SimulatorServer(ThreadingHTTPServer):
     def get_request(self) -> tuple[Any, Any]:
         sock, addr = self.socket.accept()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return self.context.wrap_socket(sock, server_side=True,
-                                        do_handshake_on_connect=False), addr
+        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         try:
@@ -123,8 +123,12 @@ class ServerThread:
 
     def __init__(self, server: SimulatorServer) -> None:
         self.server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="dynsync-simulator", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="dynsync-simulator",
+            daemon=True,
+        )
 
     @property
     def port(self) -> int:

@@ -38,14 +38,31 @@ def _make_users(sync_user_is_admin: bool, username: str) -> tuple[list[SystemUse
     extra = (SYSTEM_ADMINISTRATOR,) if sync_user_is_admin else ()
     users = [
         SystemUser(sync_id, "Dynsync Sync User", username, ("Salesperson", *extra)),
-        SystemUser(app_id, "# dynsync-app", "dynsync-app@dynsync-sim.onmicrosoft.com",
-                   ("Basic User", "Dynsync Reader", *extra), is_application_user=True),
-        SystemUser(metadata_id("systemuser", "alex"), "Alex Meyer",
-                   "alex@dynsync-sim.onmicrosoft.com", ("Salesperson",)),
-        SystemUser(metadata_id("systemuser", "sam"), "Sam de Vries",
-                   "sam@dynsync-sim.onmicrosoft.com", ("Sales Manager",)),
-        SystemUser(metadata_id("systemuser", "robin"), "Robin Dubois",
-                   "robin@dynsync-sim.onmicrosoft.com", ("Salesperson",)),
+        SystemUser(
+            app_id,
+            "# dynsync-app",
+            "dynsync-app@dynsync-sim.onmicrosoft.com",
+            ("Basic User", "Dynsync Reader", *extra),
+            is_application_user=True,
+        ),
+        SystemUser(
+            metadata_id("systemuser", "alex"),
+            "Alex Meyer",
+            "alex@dynsync-sim.onmicrosoft.com",
+            ("Salesperson",),
+        ),
+        SystemUser(
+            metadata_id("systemuser", "sam"),
+            "Sam de Vries",
+            "sam@dynsync-sim.onmicrosoft.com",
+            ("Sales Manager",),
+        ),
+        SystemUser(
+            metadata_id("systemuser", "robin"),
+            "Robin Dubois",
+            "robin@dynsync-sim.onmicrosoft.com",
+            ("Salesperson",),
+        ),
     ]
     return users, sync_id, app_id
 
@@ -82,10 +99,14 @@ class Simulator:
         self.username, self.password = username, password
         self.trickle_per_minute = trickle_per_minute
         users, sync_id, app_id = _make_users(sync_user_is_admin, username)
-        self.org = Org(users, sync_id, app_id,
-                       organization_id=metadata_id("organization", tenant_id),
-                       business_unit_id=metadata_id("businessunit", tenant_id),
-                       delta_token_lifetime_s=delta_token_lifetime_s)
+        self.org = Org(
+            users,
+            sync_id,
+            app_id,
+            organization_id=metadata_id("organization", tenant_id),
+            business_unit_id=metadata_id("businessunit", tenant_id),
+            delta_token_lifetime_s=delta_token_lifetime_s,
+        )
         owners = [u.systemuserid for u in users if not u.is_application_user]
         generate(self.spec, self.org, owners)
         if self.spec.accounts + self.spec.contacts >= _FREEZE_THRESHOLD:
@@ -116,8 +137,9 @@ class Simulator:
         authority = Authority(
             host_url=self.authority_host,
             org_url=self.org_url,
-            credentials=Credentials(self.tenant_id, self.client_id, self.client_secret,
-                                    self.username, self.password),
+            credentials=Credentials(
+                self.tenant_id, self.client_id, self.client_secret, self.username, self.password
+            ),
             app=Principal(self.org.app_user_id, "application"),
             user=Principal(self.org.sync_user_id, "user", self.username),
             tokens=self.tokens,
@@ -125,8 +147,16 @@ class Simulator:
             token_lifetime_s=self.token_lifetime_s,
             user_display_name=self.org.users[self.org.sync_user_id].fullname,
         )
-        server.app = Application(self.org, self.org_url, authority, self.tokens, self.faults,
-                                 self.limits, AdminEndpoint(self, self.admin_key), self._state)
+        server.app = Application(
+            self.org,
+            self.org_url,
+            authority,
+            self.tokens,
+            self.faults,
+            self.limits,
+            AdminEndpoint(self, self.admin_key),
+            self._state,
+        )
         key_path = self.state_dir / ADMIN_KEY_FILE
         key_path.write_text(self.admin_key + "\n")
         key_path.chmod(0o600)
@@ -149,8 +179,12 @@ class Simulator:
     def __enter__(self) -> Simulator:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     def _start_trickle(self) -> None:
@@ -161,8 +195,7 @@ class Simulator:
             while not self._trickle_stop.wait(interval):
                 self.org.random_changes(1, rng)
 
-        self._trickle = threading.Thread(target=run, name="dynsync-simulator-trickle",
-                                         daemon=True)
+        self._trickle = threading.Thread(target=run, name="dynsync-simulator-trickle", daemon=True)
         self._trickle.start()
 
     # ---- addresses and settings --------------------------------------------------------

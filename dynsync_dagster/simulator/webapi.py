@@ -13,16 +13,18 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .annotations import parse_prefer
 from .auth import Authority, Principal, TokenStore
-from .errors import ODataError, bad_query
+from .errors import ODataError
 from .faults import FaultInjector
 from .limits import ServiceProtection
 from .metadata import MetadataService
 from .org import Org
 from .query import EntityQueries, QueryContext
-from .responses import JSON_TYPE, Response, json_response
+from .responses import Response, json_response
 
 API_ROOT = "/api/data/v9.2/"
-_KEYED = re.compile(r"^(\w+)\(([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\)$")
+_KEYED = re.compile(
+    r"^(\w+)\(([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\)$"
+)
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,17 @@ class WebApiState:
 class Application:
     """Turns one parsed HTTP request into an Outcome; thread-safe."""
 
-    def __init__(self, org: Org, org_url: str, authority: Authority, tokens: TokenStore,
-                 faults: FaultInjector, limits: ServiceProtection,
-                 admin: Callable[[Request], Response], state: WebApiState) -> None:
+    def __init__(
+        self,
+        org: Org,
+        org_url: str,
+        authority: Authority,
+        tokens: TokenStore,
+        faults: FaultInjector,
+        limits: ServiceProtection,
+        admin: Callable[[Request], Response],
+        state: WebApiState,
+    ) -> None:
         self.org = org
         self.org_url = org_url
         self.authority = authority
@@ -86,13 +96,17 @@ class Application:
             elif path.startswith("/api/data/"):
                 outcome, principal = self._web_api(request, path)
             elif self.authority.handles(path):
-                outcome = Outcome(self.authority.handle(request.method, path, request.headers,
-                                                        request.body))
+                outcome = Outcome(
+                    self.authority.handle(request.method, path, request.headers, request.body)
+                )
             else:
                 outcome = Outcome(_error(404, "0x80060888", f"Resource not found: '{path}'."))
         except ODataError as exc:
-            outcome = Outcome(Response(exc.status, exc.body(), "application/json; charset=utf-8",
-                                       dict(exc.headers)))
+            outcome = Outcome(
+                Response(
+                    exc.status, exc.body(), "application/json; charset=utf-8", dict(exc.headers)
+                )
+            )
         outcome.response.headers.setdefault("x-ms-service-request-id", str(uuid.uuid4()))
         record = RequestRecord(request.method, request.target, outcome.response.status, principal)
         with self._record_lock:
@@ -111,8 +125,10 @@ class Application:
 
     def _unauthorized(self) -> ODataError:
         tenant = self.authority.creds.tenant_id
-        challenge = (f"Bearer authorization_uri={self.authority.host_url}/{tenant}/oauth2/"
-                     f"authorize, resource_id={self.org_url}/")
+        challenge = (
+            f"Bearer authorization_uri={self.authority.host_url}/{tenant}/oauth2/"
+            f"authorize, resource_id={self.org_url}/"
+        )
         error = ODataError(401, "", "")
         error.headers = {"WWW-Authenticate": challenge}
         return error
@@ -121,12 +137,17 @@ class Application:
         if request.method not in ("GET", "HEAD"):
             with self._record_lock:
                 self.state.write_attempts.append(
-                    RequestRecord(request.method, request.target, 405, None))
-            return Outcome(_error(
-                405, "0x80060888",
-                f"The requested resource does not support http method '{request.method}'. The "
-                "dynsync simulator is read-only: a sync client must never write to Dynamics.",
-                {"Allow": "GET"})), None
+                    RequestRecord(request.method, request.target, 405, None)
+                )
+            return Outcome(
+                _error(
+                    405,
+                    "0x80060888",
+                    f"The requested resource does not support http method '{request.method}'. The "
+                    "dynsync simulator is read-only: a sync client must never write to Dynamics.",
+                    {"Allow": "GET"},
+                )
+            ), None
         principal = self._authenticate(request)
         fault = self.faults.take(False, request.target)
         if fault is not None and fault.kind not in ("drop", "malformed"):
@@ -144,10 +165,14 @@ class Application:
 
     def _route(self, request: Request, path: str, principal: Principal) -> Response:
         if not path.startswith(API_ROOT):
-            raise ODataError(404, "0x80060888", f"Resource not found for the segment "
-                             f"'{path.removeprefix('/api/data/').split('/')[0]}'.")
+            raise ODataError(
+                404,
+                "0x80060888",
+                f"Resource not found for the segment "
+                f"'{path.removeprefix('/api/data/').split('/')[0]}'.",
+            )
         base = f"{self.org_url}{API_ROOT}"
-        rest = unquote(path[len(API_ROOT):]).strip("/")
+        rest = unquote(path[len(API_ROOT) :]).strip("/")
         segments = rest.split("/") if rest else []
         query = urlsplit(request.target).query
         params = parse_qsl(query, keep_blank_values=True)
@@ -163,8 +188,9 @@ class Application:
         if keyed and keyed.group(1) == "systemusers":
             return self.metadata.system_user(keyed.group(2), segments[1:], plain, base)
         sets = {t.entity.entity_set: t for t in self.org.tables.values()}
-        ctx = QueryContext(base, principal.user_id, parse_prefer(request.prefer),
-                           self.state.page_cap, params)
+        ctx = QueryContext(
+            base, principal.user_id, parse_prefer(request.prefer), self.state.page_cap, params
+        )
         if head in sets:
             table = sets[head]
             if len(segments) == 1:
@@ -178,24 +204,29 @@ class Application:
     def _service_document(self, base: str) -> Response:
         names = [t.entity.entity_set for t in self.org.tables.values()]
         names += ["EntityDefinitions", "systemusers"]
-        return json_response({
-            "@odata.context": f"{base}$metadata",
-            "value": [{"name": n, "kind": "EntitySet", "url": n} for n in names],
-        })
+        return json_response(
+            {
+                "@odata.context": f"{base}$metadata",
+                "value": [{"name": n, "kind": "EntitySet", "url": n} for n in names],
+            }
+        )
 
 
-def _error(status: int, code: str, message: str,
-           headers: dict[str, str] | None = None) -> Response:
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     error = ODataError(status, code, message, headers)
     return Response(status, error.body(), "application/json; charset=utf-8", dict(error.headers))
 
 
-def _fault_error(kind: str, retry_after: float,
-                 unauthorized: Callable[[], ODataError]) -> ODataError:
+def _fault_error(
+    kind: str, retry_after: float, unauthorized: Callable[[], ODataError]
+) -> ODataError:
     if kind == "429":
-        return ODataError(429, "0x80072322", "Number of requests exceeded the limit of 6000 over "
-                          "time window of 300 seconds.",
-                          {"Retry-After": str(max(0, round(retry_after)))})
+        return ODataError(
+            429,
+            "0x80072322",
+            "Number of requests exceeded the limit of 6000 over time window of 300 seconds.",
+            {"Retry-After": str(max(0, round(retry_after)))},
+        )
     if kind == "500":
         return ODataError(500, "0x80040216", "An unexpected error occurred.")
     if kind == "401":
@@ -203,7 +234,3 @@ def _fault_error(kind: str, retry_after: float,
     messages = {"502": "Bad Gateway", "503": "Service Unavailable", "504": "Gateway Timeout"}
     headers = {"Retry-After": str(max(0, round(retry_after)))} if kind == "503" else {}
     return ODataError(int(kind), "", messages[kind], headers)
-
-
-__all__ = ["JSON_TYPE", "Application", "Outcome", "Request", "RequestRecord", "WebApiState",
-           "bad_query"]

@@ -11,8 +11,14 @@ import requests
 
 from dynsync_dagster.simulator import DatasetSpec, Simulator
 
-SPEC = DatasetSpec(accounts=20, contacts=120, sized_accounts=(15, 7), orphan_contacts=3,
-                   contact_parented_contacts=4, seed=3)
+SPEC = DatasetSpec(
+    accounts=20,
+    contacts=120,
+    sized_accounts=(15, 7),
+    orphan_contacts=3,
+    contact_parented_contacts=4,
+    seed=3,
+)
 API = "/api/data/v9.2/"
 
 
@@ -26,8 +32,12 @@ def make_session(sim: Simulator) -> requests.Session:
 def client_token(sim: Simulator, session: requests.Session) -> str:
     response = session.post(
         f"{sim.authority_host}/{sim.tenant_id}/oauth2/v2.0/token",
-        data={"grant_type": "client_credentials", "client_id": sim.client_id,
-              "client_secret": sim.client_secret, "scope": f"{sim.org_url}/.default"},
+        data={
+            "grant_type": "client_credentials",
+            "client_id": sim.client_id,
+            "client_secret": sim.client_secret,
+            "scope": f"{sim.org_url}/.default",
+        },
     )
     assert response.status_code == 200, response.text
     return response.json()["access_token"]
@@ -43,8 +53,13 @@ class Api:
 
     def get(self, path: str, prefer: str | None = None, **headers: str) -> requests.Response:
         url = path if path.startswith("https://") else f"{self.sim.org_url}{API}{path}"
-        hdrs = {"Authorization": f"Bearer {self.token}", "Accept": "application/json",
-                "OData-Version": "4.0", "OData-MaxVersion": "4.0", **headers}
+        hdrs = {
+            "Authorization": f"Bearer {self.token}",
+            "Accept": "application/json",
+            "OData-Version": "4.0",
+            "OData-MaxVersion": "4.0",
+            **headers,
+        }
         if prefer:
             hdrs["Prefer"] = prefer
         return self.session.get(url, headers=hdrs)
@@ -54,8 +69,9 @@ class Api:
         assert response.status_code == 200, response.text
         return response.json()
 
-    def all_pages(self, path: str, prefer: str | None = None,
-                  between: Callable[[int], None] | None = None) -> tuple[list[dict], dict]:
+    def all_pages(
+        self, path: str, prefer: str | None = None, between: Callable[[int], None] | None = None
+    ) -> tuple[list[dict], dict]:
         """Follow nextLinks; returns the rows and the last page."""
         rows: list[dict] = []
         page = self.json(path, prefer)

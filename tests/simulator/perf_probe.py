@@ -15,8 +15,10 @@ from pathlib import Path
 import orjson
 import requests
 
-SELECT = ("fullname,firstname,lastname,emailaddress1,jobtitle,telephone1,_parentcustomerid_value,"
-          "_accountid_value,_ownerid_value,birthdate,modifiedon,versionnumber")
+SELECT = (
+    "fullname,firstname,lastname,emailaddress1,jobtitle,telephone1,_parentcustomerid_value,"
+    "_accountid_value,_ownerid_value,birthdate,modifiedon,versionnumber"
+)
 
 
 def _wait_for_state(state_dir: Path, proc: subprocess.Popen, timeout: float) -> dict:
@@ -44,9 +46,19 @@ def main() -> int:
         state_dir = Path(tmp)
         started = time.monotonic()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dynsync_dagster.simulator", "--port", "0",
-             "--accounts", str(args.accounts), "--contacts", str(args.contacts),
-             "--state-dir", str(state_dir)],
+            [
+                sys.executable,
+                "-m",
+                "dynsync_dagster.simulator",
+                "--port",
+                "0",
+                "--accounts",
+                str(args.accounts),
+                "--contacts",
+                str(args.contacts),
+                "--state-dir",
+                str(state_dir),
+            ],
             stdout=subprocess.DEVNULL,
         )
         try:
@@ -58,17 +70,22 @@ def main() -> int:
             session.verify = info["ca_pem_path"]
             token = session.post(
                 f"{env['DYNAMICS_AUTHORITY_HOST']}/{env['DYNAMICS_TENANT_ID']}/oauth2/v2.0/token",
-                data={"grant_type": "client_credentials", "client_id": env["DYNAMICS_CLIENT_ID"],
-                      "client_secret": env["DYNAMICS_CLIENT_SECRET"],
-                      "scope": f"{env['DYNAMICS_URL']}/.default"},
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": env["DYNAMICS_CLIENT_ID"],
+                    "client_secret": env["DYNAMICS_CLIENT_SECRET"],
+                    "scope": f"{env['DYNAMICS_URL']}/.default",
+                },
             ).json()["access_token"]
-            session.headers.update({
-                "Authorization": f"Bearer {token}",
-                "Accept": "application/json",
-                "OData-MaxVersion": "4.0",
-                "OData-Version": "4.0",
-                "Prefer": 'odata.maxpagesize=5000,odata.include-annotations="*"',
-            })
+            session.headers.update(
+                {
+                    "Authorization": f"Bearer {token}",
+                    "Accept": "application/json",
+                    "OData-MaxVersion": "4.0",
+                    "OData-Version": "4.0",
+                    "Prefer": 'odata.maxpagesize=5000,odata.include-annotations="*"',
+                }
+            )
             for n in range(1, args.passes + 1):
                 url: str | None = f"{env['DYNAMICS_URL']}/api/data/v9.2/contacts?$select={SELECT}"
                 rows = 0

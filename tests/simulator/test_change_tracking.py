@@ -21,8 +21,10 @@ def _initial(api: Api, entity: str = "accounts", select: str = "name,revenue") -
 def test_initial_read_ends_with_delta_link(fresh_api: Api, fresh_sim: Simulator) -> None:
     response = fresh_api.get("contacts?$select=fullname", TRACK)
     assert "odata.track-changes" in response.headers["Preference-Applied"]
-    assert 'istracking="True"' in parse_qs(urlsplit(
-        response.json()["@odata.nextLink"]).query)["$skiptoken"][0]
+    assert (
+        'istracking="True"'
+        in parse_qs(urlsplit(response.json()["@odata.nextLink"]).query)["$skiptoken"][0]
+    )
     rows, link = _initial(fresh_api, "contacts", "fullname")
     assert len(rows) == len(fresh_sim.org.contact_ids())
     token = parse_qs(urlsplit(link).query)["$deltatoken"][0]
@@ -45,7 +47,7 @@ def test_delta_reports_upserts_then_deletes(fresh_api: Api, fresh_sim: Simulator
     removals = [v for v in values if v.get("reason") == "deleted"]
     assert [u["accountid"] for u in upserts] == [updated, new]
     assert upserts[0]["name"] == "Renamed Ltd" and "revenue" in upserts[0]
-    assert values[-len(removals):] == removals
+    assert values[-len(removals) :] == removals
     assert {"@odata.context", "id", "reason"} == set(removals[0])
     assert removals[0]["@odata.context"].endswith("$metadata#accounts/$deletedEntity")
     assert deleted in {r["id"] for r in removals}
@@ -56,10 +58,11 @@ def test_delta_reports_upserts_then_deletes(fresh_api: Api, fresh_sim: Simulator
 def test_changes_during_initial_read_are_redelivered(fresh_api: Api, fresh_sim: Simulator) -> None:
     org = fresh_sim.org
     touched = org.account_ids()[-1]
-    rows, last = fresh_api.all_pages("accounts?$select=name", "odata.track-changes,"
-                                     "odata.maxpagesize=5",
-                                     between=lambda n: org.touch_account(touched) if n == 1
-                                     else None)
+    _, last = fresh_api.all_pages(
+        "accounts?$select=name",
+        "odata.track-changes,odata.maxpagesize=5",
+        between=lambda n: org.touch_account(touched) if n == 1 else None,
+    )
     delta = fresh_api.json(last["@odata.deltaLink"])
     assert touched in [v.get("accountid") for v in delta["value"]]
 
@@ -80,7 +83,8 @@ def test_query_options_rejected_with_tracking(api: Api, option: str) -> None:
     assert response.status_code == 400
     name = option.split("=")[0]
     assert response.json()["error"]["message"] == (
-        f'The "{name}" query parameter isn\'t supported when Change Tracking is enabled.')
+        f'The "{name}" query parameter isn\'t supported when Change Tracking is enabled.'
+    )
 
 
 def test_expired_and_malformed_tokens(fresh_api: Api, fresh_sim: Simulator) -> None:
@@ -88,8 +92,14 @@ def test_expired_and_malformed_tokens(fresh_api: Api, fresh_sim: Simulator) -> N
     fresh_sim.org.advance_clock(7 * 86400 + 5)
     expired = fresh_api.get(link)
     assert expired.status_code == 400
-    assert expired.json() == {"error": {"code": "0x80044352", "message": (
-        "Version stamp associated with the client has expired. Please perform a full sync.")}}
+    assert expired.json() == {
+        "error": {
+            "code": "0x80044352",
+            "message": (
+                "Version stamp associated with the client has expired. Please perform a full sync."
+            ),
+        }
+    }
     _, link = _initial(fresh_api)
     assert fresh_api.get(link).status_code == 200
     fresh_sim.org.expire_delta_tokens("account")

@@ -16,22 +16,32 @@ from .conftest import API, Api, make_session
 
 
 @pytest.mark.parametrize("method", ["POST", "PATCH", "DELETE", "PUT"])
-def test_writes_get_405_and_are_recorded(fresh_sim: Simulator, fresh_api: Api,
-                                         method: str) -> None:
+def test_writes_get_405_and_are_recorded(fresh_sim: Simulator, fresh_api: Api, method: str) -> None:
     response = fresh_api.session.request(
-        method, f"{fresh_sim.org_url}{API}accounts", json={"name": "x"},
-        headers={"Authorization": f"Bearer {fresh_api.token}"})
+        method,
+        f"{fresh_sim.org_url}{API}accounts",
+        json={"name": "x"},
+        headers={"Authorization": f"Bearer {fresh_api.token}"},
+    )
     assert response.status_code == 405
     assert set(response.json()["error"]) == {"code", "message"}
     assert [(w.method, w.status) for w in fresh_sim.write_attempts] == [(method, 405)]
 
 
-@pytest.mark.parametrize(("kind", "status", "code"), [
-    ("429", 429, "0x80072322"), ("500", 500, "0x80040216"), ("502", 502, ""),
-    ("503", 503, ""), ("504", 504, ""), ("401", 401, ""),
-])
-def test_status_faults(fresh_sim: Simulator, fresh_api: Api, kind: str, status: int,
-                       code: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "status", "code"),
+    [
+        ("429", 429, "0x80072322"),
+        ("500", 500, "0x80040216"),
+        ("502", 502, ""),
+        ("503", 503, ""),
+        ("504", 504, ""),
+        ("401", 401, ""),
+    ],
+)
+def test_status_faults(
+    fresh_sim: Simulator, fresh_api: Api, kind: str, status: int, code: str
+) -> None:
     fresh_sim.faults.inject(kind, times=2, path_contains="contacts", after=1, retry_after=3)
     assert fresh_api.get("contacts?$select=fullname").status_code == 200  # skipped (after=1)
     assert fresh_api.get("accounts?$select=name").status_code == 200  # path does not match
@@ -47,8 +57,9 @@ def test_status_faults(fresh_sim: Simulator, fresh_api: Api, kind: str, status: 
 
 def test_drop_fault_breaks_the_connection(fresh_sim: Simulator, fresh_api: Api) -> None:
     fresh_sim.faults.inject("drop")
-    with pytest.raises((requests.exceptions.ChunkedEncodingError,
-                        requests.exceptions.ConnectionError)):
+    with pytest.raises(
+        (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)
+    ):
         fresh_api.get("contacts?$select=fullname")
     assert fresh_api.get("contacts?$select=fullname").status_code == 200
 
@@ -56,10 +67,16 @@ def test_drop_fault_breaks_the_connection(fresh_sim: Simulator, fresh_api: Api) 
 def test_drop_fault_announces_full_length(fresh_sim: Simulator, fresh_api: Api) -> None:
     fresh_sim.faults.inject("drop")
     context = ssl.create_default_context(cafile=str(fresh_sim.ca_pem_path))
-    with socket.create_connection(("127.0.0.1", fresh_sim.port)) as raw, \
-            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-        tls.sendall((f"GET {API}accounts HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     f"Authorization: Bearer {fresh_api.token}\r\n\r\n").encode())
+    with (
+        socket.create_connection(("127.0.0.1", fresh_sim.port)) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(
+            (
+                f"GET {API}accounts HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Authorization: Bearer {fresh_api.token}\r\n\r\n"
+            ).encode()
+        )
         data = b""
         try:
             while chunk := tls.recv(65536):
@@ -67,8 +84,13 @@ def test_drop_fault_announces_full_length(fresh_sim: Simulator, fresh_api: Api) 
         except (ssl.SSLError, ConnectionError):
             pass  # an abrupt close is the point
     head, _, body = data.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length")))
+    length = int(
+        next(
+            line.split(b":")[1]
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+    )
     assert 0 < len(body) < length
 
 
@@ -85,9 +107,13 @@ def test_token_endpoint_faults(fresh_sim: Simulator, kind: str) -> None:
     fresh_sim.faults.inject(kind)
     response = make_session(fresh_sim).post(
         f"{fresh_sim.authority_host}/{fresh_sim.tenant_id}/oauth2/v2.0/token",
-        data={"grant_type": "client_credentials", "client_id": fresh_sim.client_id,
-              "client_secret": fresh_sim.client_secret,
-              "scope": f"{fresh_sim.org_url}/.default"})
+        data={
+            "grant_type": "client_credentials",
+            "client_id": fresh_sim.client_id,
+            "client_secret": fresh_sim.client_secret,
+            "scope": f"{fresh_sim.org_url}/.default",
+        },
+    )
     assert response.status_code == int(kind[-3:])
     assert "Retry-After" in response.headers
 
@@ -95,9 +121,12 @@ def test_token_endpoint_faults(fresh_sim: Simulator, kind: str) -> None:
 def test_token_invalid_client_fault_via_msal(fresh_sim: Simulator) -> None:
     fresh_sim.faults.inject("token_invalid_client")
     app = msal.ConfidentialClientApplication(
-        fresh_sim.client_id, client_credential=fresh_sim.client_secret,
+        fresh_sim.client_id,
+        client_credential=fresh_sim.client_secret,
         authority=f"{fresh_sim.authority_host}/{fresh_sim.tenant_id}",
-        instance_discovery=False, http_client=make_session(fresh_sim))
+        instance_discovery=False,
+        http_client=make_session(fresh_sim),
+    )
     result = app.acquire_token_for_client([f"{fresh_sim.org_url}/.default"])
     assert result["error"] == "invalid_client"
 
@@ -108,8 +137,7 @@ def test_unknown_fault_kind_rejected(sim: Simulator) -> None:
 
 
 def test_service_protection_request_limit(tmp_path) -> None:
-    with Simulator(DatasetSpec(accounts=3, contacts=3), state_dir=tmp_path,
-                   request_limit=5) as sim:
+    with Simulator(DatasetSpec(accounts=3, contacts=3), state_dir=tmp_path, request_limit=5) as sim:
         api = Api(sim)
         statuses = [api.get("accounts?$select=name").status_code for _ in range(6)]
         assert statuses == [200] * 5 + [429]
@@ -117,7 +145,8 @@ def test_service_protection_request_limit(tmp_path) -> None:
         assert throttled.json()["error"] == {
             "code": "0x80072322",
             "message": "Number of requests exceeded the limit of 5 over time window of 300 "
-                       "seconds."}
+            "seconds.",
+        }
         assert int(throttled.headers["Retry-After"]) > 0
 
 

@@ -15,8 +15,14 @@ def _org(tmp_path, spec: DatasetSpec):
 
 
 def test_generation_is_deterministic_and_sized(tmp_path) -> None:
-    spec = DatasetSpec(accounts=10, contacts=100, sized_accounts=(30, 31), orphan_contacts=5,
-                       contact_parented_contacts=5, seed=9)
+    spec = DatasetSpec(
+        accounts=10,
+        contacts=100,
+        sized_accounts=(30, 31),
+        orphan_contacts=5,
+        contact_parented_contacts=5,
+        seed=9,
+    )
     a, b = _org(tmp_path / "a", spec), _org(tmp_path / "b", spec)
     assert a.account_ids() == b.account_ids() and a.contact_ids() == b.contact_ids()
     ids = a.account_ids()
@@ -33,15 +39,20 @@ def test_generation_is_deterministic_and_sized(tmp_path) -> None:
     assert all(now - timedelta(days=31) < c["createdon"] <= c["modifiedon"] for c in contacts)
     versions = [c["versionnumber"] for c in contacts]
     assert len(set(versions)) == len(versions)
-    assert _org(tmp_path / "c", DatasetSpec(accounts=10, contacts=100, seed=10)).account_ids() \
+    assert (
+        _org(tmp_path / "c", DatasetSpec(accounts=10, contacts=100, seed=10)).account_ids()
         != a.account_ids()
+    )
 
 
-@pytest.mark.parametrize("spec", [
-    DatasetSpec(accounts=3, contacts=10, sized_accounts=(8, 5)),
-    DatasetSpec(accounts=2, contacts=10, sized_accounts=(5, 4)),
-    DatasetSpec(accounts=5, contacts=3, contact_parented_contacts=3),
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        DatasetSpec(accounts=3, contacts=10, sized_accounts=(8, 5)),
+        DatasetSpec(accounts=2, contacts=10, sized_accounts=(5, 4)),
+        DatasetSpec(accounts=5, contacts=3, contact_parented_contacts=3),
+    ],
+)
 def test_invalid_specs(spec: DatasetSpec) -> None:
     with pytest.raises(ValueError):
         spec.validate()
@@ -75,7 +86,11 @@ def test_merge_accounts(tmp_path) -> None:
     org.merge_accounts(target, sub)
     merged = org.get_account(sub)
     assert (merged["statecode"], merged["statuscode"], merged["merged"], merged["masterid"]) == (
-        1, 2, True, target)
+        1,
+        2,
+        True,
+        target,
+    )
     assert org.contacts_of(sub) == []
     assert set(moved) <= set(org.contacts_of(target))
     assert all(org.get_contact(c)["accountid"] == target for c in moved)

@@ -35,7 +35,8 @@ def test_pages_without_resent_prefer_keep_size(fresh_api: Api) -> None:
     second = fresh_api.json(first["@odata.nextLink"])  # no Prefer header this time
     assert len(second["value"]) == 6
     assert {r["accountid"] for r in first["value"]}.isdisjoint(
-        r["accountid"] for r in second["value"])
+        r["accountid"] for r in second["value"]
+    )
 
 
 def test_stable_under_inserts_and_updates(fresh_sim: Simulator, fresh_api: Api) -> None:
@@ -48,15 +49,17 @@ def test_stable_under_inserts_and_updates(fresh_sim: Simulator, fresh_api: Api) 
         for cid in org.contact_ids()[n * 3 : n * 3 + 3]:
             org.update_contact(cid, jobtitle=f"Churn {n}")
 
-    rows, _ = fresh_api.all_pages("contacts?$select=fullname,jobtitle",
-                                  "odata.maxpagesize=9", between=churn)
+    rows, _ = fresh_api.all_pages(
+        "contacts?$select=fullname,jobtitle", "odata.maxpagesize=9", between=churn
+    )
     ids = [r["contactid"] for r in rows]
     assert len(ids) == len(set(ids)), "no row twice"
     assert before <= set(ids), "no pre-existing row skipped"
 
 
-def test_ordered_paging_resumes_after_last_ordering_key(fresh_sim: Simulator,
-                                                        fresh_api: Api) -> None:
+def test_ordered_paging_resumes_after_last_ordering_key(
+    fresh_sim: Simulator, fresh_api: Api
+) -> None:
     org = fresh_sim.org
     query = "contacts?$select=lastname,firstname&$orderby=lastname desc,firstname asc"
 
@@ -76,6 +79,7 @@ def test_ordered_paging_resumes_after_last_ordering_key(fresh_sim: Simulator,
 
 
 def test_filtered_paging(fresh_api: Api, fresh_sim: Simulator) -> None:
-    rows, _ = fresh_api.all_pages("contacts?$select=fullname&$filter=statecode eq 0",
-                                  "odata.maxpagesize=13")
+    rows, _ = fresh_api.all_pages(
+        "contacts?$select=fullname&$filter=statecode eq 0", "odata.maxpagesize=13"
+    )
     assert len({r["contactid"] for r in rows}) == len(fresh_sim.org.contact_ids())
