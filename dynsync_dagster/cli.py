@@ -74,8 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=3000, help="the Dagster UI port (127.0.0.1)")
     p.add_argument("--accounts", type=int, default=500)
     p.add_argument("--contacts", type=int, default=10000)
-    p.add_argument("--trickle-per-minute", type=int, default=20,
-                   help="random Dynamics changes the simulator makes per minute")
+    p.add_argument(
+        "--trickle-per-minute",
+        type=int,
+        default=20,
+        help="random Dynamics changes the simulator makes per minute",
+    )
     p.set_defaults(func=cmd_dev)
     return parser
 

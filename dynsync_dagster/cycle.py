@@ -15,15 +15,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .client import ClientStats, DynamicsClient, Page
-from .errors import ExpiredDeltaToken
+from .errors import DynamicsError, ExpiredDeltaToken
 from .fields import ENTITY_SET, PRIMARY_KEY, FieldPlan, resolve_fields
 from .merge import MergeContext, MergeCounts, apply_cycle
 from .settings import ConnectionSettings, SyncSettings
-from .stage import Stage
+from .stage import Progress, Stage
 from .state import (
     ReaderState,
     previously_synced_fields,
     read_reader_states,
+    record_sync_errors,
     write_field_decisions,
     write_reader_state,
     write_sync_run,
@@ -67,6 +68,7 @@ class CycleResult:
     stats: ClientStats
     reader_states: dict[str, ReaderState]
     table_rows: dict[str, int] = field(default_factory=dict)
+    record_errors: int = 0
     fetch_s: float = 0.0
     write_s: float = 0.0
 
@@ -105,11 +107,17 @@ def _record_failure(
     try:
         with open_store(db_path, wait_s=5) as con:
             ensure_fixed_tables(con)
-            write_sync_run(con, {
-                "run_id": run_id, "trigger": options.trigger, "started_at": started,
-                "finished_at": datetime.now(UTC), "outcome": "failed",
-                "error": f"{type(exc).__name__}: {exc}"[:2000],
-            })
+            write_sync_run(
+                con,
+                {
+                    "run_id": run_id,
+                    "trigger": options.trigger,
+                    "started_at": started,
+                    "finished_at": datetime.now(UTC),
+                    "outcome": "failed",
+                    "error": f"{type(exc).__name__}: {exc}"[:2000],
+                },
+            )
     except Exception as record_exc:  # the original error matters more than the status row
         log.warning("could not record the failed cycle in sync_runs: %s", record_exc)
 
@@ -138,12 +146,18 @@ def _run_cycle(
         for warning in plan.warnings:
             log.warning(warning)
         schema = plan_schema_change(columns, plan)
-        stage = Stage(db_path.with_name(db_path.name + ".stage"), plan, memory_limit=options.memory_limit)
+        # Backfill windows stage apart, so they never disturb a checkpointed full read.
+        suffix = ".stage-window" if options.window else ".stage"
+        stage = Stage(
+            db_path.with_name(db_path.name + suffix), plan, memory_limit=options.memory_limit
+        )
         modes: dict[str, str] = {}
         new_states: dict[str, ReaderState] = {}
         reconcile: dict[str, bool] = {}
         for entity in ("contact", "account"):
-            state, mode = _fetch_entity(client, stage, plan, schema, entity, states.get(entity), options)
+            state, mode = _fetch_entity(
+                client, stage, plan, schema, entity, states.get(entity), options
+            )
             modes[entity] = mode
             reconcile[entity] = mode in ("full", "resync")
             if state is not None:
@@ -152,7 +166,10 @@ def _run_cycle(
         fetch_s = time.perf_counter() - t0
     except BaseException:
         if stage is not None:
-            stage.discard()
+            if stage.has_checkpoint():
+                stage.close()  # keep it: the next cycle resumes the full read
+            else:
+                stage.discard()
         raise
     finally:
         if own_client:
@@ -160,6 +177,7 @@ def _run_cycle(
 
     t1 = time.perf_counter()
     now = datetime.now(UTC)
+    committed = False
     try:
         with open_store(db_path, wait_s=options.store_wait_s) as con:
             con.execute(f"ATTACH '{_sql_path(stage.path)}' AS stage (READ_ONLY)")
@@ -168,31 +186,45 @@ def _run_cycle(
                 # The columns may have changed since the first look (another cycle ran).
                 schema = plan_schema_change(existing_columns(con), plan)
                 apply_schema_change(con, plan, schema)
-                ctx = MergeContext(plan, schema, reconcile, run_id, now, sync.activity_log_contact_limit)
+                ctx = MergeContext(
+                    plan, schema, reconcile, run_id, now, sync.activity_log_contact_limit
+                )
                 counts = apply_cycle(con, ctx)
+                record_errors = record_sync_errors(con, run_id, now)
                 if options.window is None:
                     for s in new_states.values():
                         write_reader_state(con, _with_cursor(con, s), run_id)
                 write_field_decisions(con, plan, run_id, now)
                 stats = client.stats
-                write_sync_run(con, {
-                    "run_id": run_id, "trigger": options.trigger, "started_at": started,
-                    "finished_at": datetime.now(UTC), "outcome": "success",
-                    "account_mode": modes["account"], "contact_mode": modes["contact"],
-                    "window_start": options.window[0] if options.window else None,
-                    "window_end": options.window[1] if options.window else None,
-                    "accounts_read": stage.rows["account"], "contacts_read": stage.rows["contact"],
-                    "accounts_upserted": counts.accounts_upserted,
-                    "contacts_upserted": counts.contacts_upserted,
-                    "accounts_deleted": counts.accounts_deleted,
-                    "contacts_deleted": counts.contacts_deleted,
-                    "contacts_repropagated": counts.contacts_repropagated,
-                    "activities_logged": counts.activities_logged,
-                    "activities_suppressed": counts.activities_suppressed,
-                    "requests": stats.requests, "retries": stats.retries,
-                    "throttle_wait_s": stats.throttle_wait_s,
-                })
+                write_sync_run(
+                    con,
+                    {
+                        "run_id": run_id,
+                        "trigger": options.trigger,
+                        "started_at": started,
+                        "finished_at": datetime.now(UTC),
+                        "outcome": "success",
+                        "account_mode": modes["account"],
+                        "contact_mode": modes["contact"],
+                        "window_start": options.window[0] if options.window else None,
+                        "window_end": options.window[1] if options.window else None,
+                        "accounts_read": stage.rows["account"],
+                        "contacts_read": stage.rows["contact"],
+                        "accounts_upserted": counts.accounts_upserted,
+                        "contacts_upserted": counts.contacts_upserted,
+                        "accounts_deleted": counts.accounts_deleted,
+                        "contacts_deleted": counts.contacts_deleted,
+                        "contacts_repropagated": counts.contacts_repropagated,
+                        "activities_logged": counts.activities_logged,
+                        "activities_suppressed": counts.activities_suppressed,
+                        "requests": stats.requests,
+                        "retries": stats.retries,
+                        "throttle_wait_s": stats.throttle_wait_s,
+                        "record_errors": record_errors,
+                    },
+                )
                 con.execute("COMMIT")
+                committed = True
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
@@ -204,7 +236,9 @@ def _run_cycle(
             }
             states_now = read_reader_states(con)
     finally:
-        stage.discard()
+        # A full read that could not be written is kept for the next cycle to reuse.
+        if committed or not any(m in ("full", "resync") for m in modes.values()):
+            stage.discard()
     return CycleResult(
         run_id=run_id,
         started_at=started,
@@ -217,6 +251,7 @@ def _run_cycle(
         stats=client.stats,
         reader_states=states_now,
         table_rows=table_rows,
+        record_errors=record_errors,
         fetch_s=fetch_s,
         write_s=time.perf_counter() - t1,
     )
@@ -235,46 +270,118 @@ def _fetch_entity(
     select = plan.select(entity)
     select_list = ",".join(select)
     entity_set, key = ENTITY_SET[entity], PRIMARY_KEY[entity]
+    tracking = plan.change_tracking[entity]
     now = datetime.now(UTC)
     if options.window is not None:
         start, end = options.window
         window = f"modifiedon ge {odata_time(start)} and modifiedon lt {odata_time(end)}"
-        _drain(stage, entity, client.iter_pages(
-            entity_set, select=select, filter=window, orderby=f"modifiedon asc,{key} asc"))
+        _drain(
+            stage,
+            entity,
+            client.iter_pages(
+                entity_set, select=select, filter=window, orderby=f"modifiedon asc,{key} asc"
+            ),
+        )
         return None, "window"
+
+    resumed = stage.progress(entity)
+    if resumed is not None and resumed.select_list == select_list:
+        # A full read a failed cycle left half done: go on from its last checkpoint.
+        stage.count(entity)
+        log.info(
+            "%s: resuming a full read from its checkpoint (%d rows staged)",
+            entity,
+            stage.rows[entity],
+        )
+        done = resumed.complete
+        if not done and resumed.resume_link:
+            try:
+                _drain(
+                    stage,
+                    entity,
+                    client.iter_link(resumed.resume_link, track_changes=tracking),
+                    checkpoint=(resumed.mode, select_list),
+                )
+                done = True
+            except DynamicsError as exc:
+                if exc.status != 400:
+                    raise
+                log.warning("%s: the saved page link was refused (%s); starting over", entity, exc)
+        if done:
+            progress = stage.progress(entity)
+            link = progress.delta_link if progress else None
+            return _after_full(entity, link, select_list, now), resumed.mode
+    stage.reset(entity)
+
     # A changed $select (field added or removed) needs every record again, not a delta.
     fresh = state is None or state.select_list != select_list or schema.refill(entity)
-    if plan.change_tracking[entity]:
-        mode = "full"
-        if not fresh and state is not None and state.delta_link:
-            try:
-                link = _drain(stage, entity, client.iter_link(state.delta_link, track_changes=True))
-                return ReaderState(entity, "delta", link or state.delta_link, select_list, None, now), "delta"
-            except ExpiredDeltaToken:
-                log.warning("%s: the delta token expired; re-reading the whole table", entity)
-                stage.reset(entity)
-                mode = "resync"
-        link = _drain(stage, entity, client.iter_pages(entity_set, select=select, track_changes=True))
-        if link:
-            return ReaderState(entity, "delta", link, select_list, None, now), mode
-        log.warning("%s: change tracking is on but no delta link came back; using a cursor", entity)
-        return ReaderState(entity, "cursor", None, select_list, None, now), mode
-    if not fresh and state is not None and state.cursor_modifiedon is not None:
+    mode = "full"
+    if tracking and not fresh and state is not None and state.delta_link:
+        try:
+            link = _drain(stage, entity, client.iter_link(state.delta_link, track_changes=True))
+            return ReaderState(
+                entity, "delta", link or state.delta_link, select_list, None, now
+            ), "delta"
+        except ExpiredDeltaToken:
+            log.warning("%s: the delta token expired; re-reading the whole table", entity)
+            stage.reset(entity)
+            mode = "resync"
+    if not tracking and not fresh and state is not None and state.cursor_modifiedon is not None:
         since = state.cursor_modifiedon - CURSOR_OVERLAP
-        _drain(stage, entity, client.iter_pages(
-            entity_set, select=select, filter=f"modifiedon ge {odata_time(since)}",
-            orderby=f"modifiedon asc,{key} asc"))
-        return ReaderState(entity, "cursor", None, select_list, state.cursor_modifiedon, now), "cursor"
-    _drain(stage, entity, client.iter_pages(entity_set, select=select, orderby=f"{key} asc"))
-    return ReaderState(entity, "cursor", None, select_list, None, now), "full"
+        _drain(
+            stage,
+            entity,
+            client.iter_pages(
+                entity_set,
+                select=select,
+                filter=f"modifiedon ge {odata_time(since)}",
+                orderby=f"modifiedon asc,{key} asc",
+            ),
+        )
+        return ReaderState(
+            entity, "cursor", None, select_list, state.cursor_modifiedon, now
+        ), "cursor"
+    pages = (
+        client.iter_pages(entity_set, select=select, track_changes=True)
+        if tracking
+        else client.iter_pages(entity_set, select=select, orderby=f"{key} asc")
+    )
+    link = _drain(stage, entity, pages, checkpoint=(mode, select_list))
+    return _after_full(entity, link if tracking else None, select_list, now), mode
 
 
-def _drain(stage: Stage, entity: str, pages: Iterator[Page]) -> str | None:
-    """Stream pages into the stage; return the delta link of the last page, if any."""
+def _after_full(
+    entity: str, delta_link: str | None, select_list: str, now: datetime
+) -> ReaderState:
+    if delta_link:
+        return ReaderState(entity, "delta", delta_link, select_list, None, now)
+    # No change tracking (or the server gave no delta link): a modifiedon cursor from here on.
+    return ReaderState(entity, "cursor", None, select_list, None, now)
+
+
+def _drain(
+    stage: Stage,
+    entity: str,
+    pages: Iterator[Page],
+    checkpoint: tuple[str, str] | None = None,
+) -> str | None:
+    """Stream pages into the stage; return the delta link of the last page, if any.
+
+    With `checkpoint` (mode, select list), each page's next link is saved with its rows, so
+    a failed full read resumes where it stopped.
+    """
     link = None
     for page in pages:
         stage.add_rows(entity, page.rows)
         link = page.delta_link or link
+        if checkpoint is not None:
+            mode, select_list = checkpoint
+            stage.checkpoint(
+                entity,
+                Progress(
+                    mode, select_list, page.next_link, page.delta_link, page.next_link is None
+                ),
+            )
     return link
 
 

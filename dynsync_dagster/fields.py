@@ -40,8 +40,14 @@ _DUCK_TYPES = {
 }
 _LOOKUP_TYPES = {"LookupType", "CustomerType", "OwnerType"}
 _CHOICE_TYPES = {"PicklistType", "StateType", "StatusType"}
-_UNSUPPORTED = {"VirtualType", "ImageType", "FileType", "PartyListType", "CalendarRulesType",
-                "ManagedPropertyType"}
+_UNSUPPORTED = {
+    "VirtualType",
+    "ImageType",
+    "FileType",
+    "PartyListType",
+    "CalendarRulesType",
+    "ManagedPropertyType",
+}
 
 
 class FieldSelectionError(ValueError):
@@ -55,7 +61,11 @@ class MetadataSource(Protocol):
     def entity_definition(self, logical_name: str) -> dict: ...
     def attributes(self, logical_name: str) -> list[dict]: ...
     def typed_attributes(
-        self, logical_name: str, metadata_type: str, select: Sequence[str], expand: str | None = None
+        self,
+        logical_name: str,
+        metadata_type: str,
+        select: Sequence[str],
+        expand: str | None = None,
     ) -> list[dict]: ...
     def attribute_privileges(self, user_id: str) -> list[dict]: ...
     def role_names(self, user_id: str) -> list[str]: ...
@@ -173,8 +183,13 @@ def resolve_fields(
 
     unknown: dict[str, list[str]] = {}
     known: dict[str, list[str]] = {}
-    plan = FieldPlan(fields={}, decisions=[], change_tracking={}, sync_user_id=user_id,
-                     sync_user_is_admin=is_admin)
+    plan = FieldPlan(
+        fields={},
+        decisions=[],
+        change_tracking={},
+        sync_user_id=user_id,
+        sync_user_is_admin=is_admin,
+    )
     for entity in ENTITIES:
         definition = source.entity_definition(entity)
         plan.change_tracking[entity] = bool(definition.get("ChangeTrackingEnabled"))
@@ -186,13 +201,19 @@ def resolve_fields(
             attr = attrs.get(name)
             if attr is None:
                 if (entity, name) in before:
-                    reason = "deleted in Dynamics: the attribute no longer exists in the org metadata"
+                    reason = (
+                        "deleted in Dynamics: the attribute no longer exists in the org metadata"
+                    )
                     plan.warnings.append(f"{entity}.{name} was {reason}; it stops syncing")
-                    plan.decisions.append(FieldDecision(entity, name, True, False, False, False, reason))
+                    plan.decisions.append(
+                        FieldDecision(entity, name, True, False, False, False, reason)
+                    )
                 else:
                     unknown.setdefault(entity, []).append(name)
                 continue
-            decision, spec = _decide(entity, name, attr, extras.get(name, {}), is_admin, readable_secured)
+            decision, spec = _decide(
+                entity, name, attr, extras.get(name, {}), is_admin, readable_secured
+            )
             plan.decisions.append(decision)
             if spec is not None:
                 specs.append(spec)
@@ -201,10 +222,14 @@ def resolve_fields(
         for name, attr in attrs.items():
             if name in chosen:
                 continue
-            readable = bool(attr.get("IsValidForRead")) and not attr.get("AttributeOf") and (
-                not attr.get("IsSecured")
-                or is_admin
-                or str(attr.get("MetadataId", "")).lower() in readable_secured
+            readable = (
+                bool(attr.get("IsValidForRead"))
+                and not attr.get("AttributeOf")
+                and (
+                    not attr.get("IsSecured")
+                    or is_admin
+                    or str(attr.get("MetadataId", "")).lower() in readable_secured
+                )
             )
             type_name = (attr.get("AttributeTypeName") or {}).get("Value")
             reason = (
@@ -213,8 +238,17 @@ def resolve_fields(
                 else "not selected in the settings file"
             )
             plan.decisions.append(
-                FieldDecision(entity, name, False, True, readable, name in SYSTEM_FIELDS[entity],
-                              reason, type_name, bool(attr.get("IsSecured")))
+                FieldDecision(
+                    entity,
+                    name,
+                    False,
+                    True,
+                    readable,
+                    name in SYSTEM_FIELDS[entity],
+                    reason,
+                    type_name,
+                    bool(attr.get("IsSecured")),
+                )
             )
     if unknown:
         raise FieldSelectionError(_unknown_message(unknown, known))
@@ -229,25 +263,38 @@ def _decide(
     is_admin: bool,
     readable_secured: set[str],
 ) -> tuple[FieldDecision, FieldSpec | None]:
-    type_name = (attr.get("AttributeTypeName") or {}).get("Value") or f"{attr.get('AttributeType')}Type"
+    type_name = (attr.get("AttributeTypeName") or {}).get(
+        "Value"
+    ) or f"{attr.get('AttributeType')}Type"
     secured = bool(attr.get("IsSecured"))
 
     def no(reason: str, readable: bool = False) -> tuple[FieldDecision, None]:
-        return FieldDecision(entity, name, True, True, readable, False, reason, type_name, secured), None
+        return FieldDecision(
+            entity, name, True, True, readable, False, reason, type_name, secured
+        ), None
 
     if name in SYSTEM_FIELDS[entity]:
-        return no("always synced: a key, version or membership column dynsync maintains itself", True)
+        return no(
+            "always synced: a key, version or membership column dynsync maintains itself", True
+        )
     if attr.get("AttributeOf"):
-        return no(f"a name column of {attr['AttributeOf']} (not a Web API property); select "
-                  f"{attr['AttributeOf']} instead")
+        return no(
+            f"a name column of {attr['AttributeOf']} (not a Web API property); select "
+            f"{attr['AttributeOf']} instead"
+        )
     if not attr.get("IsValidForRead", False):
         return no("not valid for read in Dynamics (IsValidForRead = false)")
-    if type_name in _UNSUPPORTED or type_name not in _DUCK_TYPES and type_name not in (
-        "MoneyType", "DecimalType", "DateTimeType"):
+    if (
+        type_name in _UNSUPPORTED
+        or (type_name not in _DUCK_TYPES
+        and type_name not in ("MoneyType", "DecimalType", "DateTimeType"))
+    ):
         return no(f"type {type_name} is not synced (no value in the Web API row)", True)
     if secured and not is_admin and str(attr.get("MetadataId", "")).lower() not in readable_secured:
-        return no("secured column: the sync user has no read permission in a field security "
-                  "profile (grant read, or remove it from the selection)")
+        return no(
+            "secured column: the sync user has no read permission in a field security "
+            "profile (grant read, or remove it from the selection)"
+        )
     duck_type = _duck_type(type_name, extra)
     spec = FieldSpec(
         entity=entity,
@@ -266,7 +313,9 @@ def _duck_type(type_name: str, extra: Mapping) -> str:
     if type_name == "DateTimeType":
         return "DATE" if extra.get("behavior") == "DateOnly" else "TIMESTAMPTZ"
     if type_name == "MoneyType":
-        return "DECIMAL(38,4)"  # Dataverse stores money with 4 decimals whatever its display precision
+        return (
+            "DECIMAL(38,4)"  # Dataverse stores money with 4 decimals whatever its display precision
+        )
     if type_name == "DecimalType":
         return f"DECIMAL(38,{min(max(int(extra.get('precision', 10)), 0), 10)})"
     return _DUCK_TYPES[type_name]
@@ -276,17 +325,21 @@ def _type_details(
     source: MetadataSource, entity: str, attrs: Mapping[str, Mapping], selected: Sequence[str]
 ) -> dict[str, dict]:
     """Type-specific metadata (date behaviour, decimal precision, option labels) for the selection."""
-    wanted = {(attrs[n].get("AttributeTypeName") or {}).get("Value") for n in selected if n in attrs}
+    wanted = {
+        (attrs[n].get("AttributeTypeName") or {}).get("Value") for n in selected if n in attrs
+    }
     out: dict[str, dict] = {}
     if "DateTimeType" in wanted:
         for row in source.typed_attributes(
             entity, "DateTimeAttributeMetadata", ["LogicalName", "DateTimeBehavior"]
         ):
-            out.setdefault(row["LogicalName"], {})["behavior"] = (row.get("DateTimeBehavior") or {}).get(
-                "Value"
-            )
+            out.setdefault(row["LogicalName"], {})["behavior"] = (
+                row.get("DateTimeBehavior") or {}
+            ).get("Value")
     if "DecimalType" in wanted:
-        for row in source.typed_attributes(entity, "DecimalAttributeMetadata", ["LogicalName", "Precision"]):
+        for row in source.typed_attributes(
+            entity, "DecimalAttributeMetadata", ["LogicalName", "Precision"]
+        ):
             out.setdefault(row["LogicalName"], {})["precision"] = row.get("Precision", 10)
     for kind, meta in (
         ("PicklistType", "PicklistAttributeMetadata"),
@@ -301,7 +354,7 @@ def _type_details(
 
 def _options(row: Mapping) -> list[tuple[int, str]]:
     options = []
-    for opt in ((row.get("OptionSet") or {}).get("Options") or []):
+    for opt in (row.get("OptionSet") or {}).get("Options") or []:
         label = ((opt.get("Label") or {}).get("UserLocalizedLabel") or {}).get("Label")
         options.append((int(opt["Value"]), label or str(opt["Value"])))
     return options

@@ -37,24 +37,66 @@ def column_sources(plan: FieldPlan) -> list[ColumnSource]:
         for col in BASE_COLUMNS[table]:
             if col in SYSTEM_FIELDS[entity]:
                 api = f"_{col}_value" if col in ("parentcustomerid",) else col
-                out.append(ColumnSource(table, col, f"dynamics.{entity}", api,
-                                        f"{_BASE_DESCRIPTIONS.get(col, col)}; from Dynamics {entity}.{api}"))
+                out.append(
+                    ColumnSource(
+                        table,
+                        col,
+                        f"dynamics.{entity}",
+                        api,
+                        f"{_BASE_DESCRIPTIONS.get(col, col)}; from Dynamics {entity}.{api}",
+                    )
+                )
         for f in plan.synced(entity):
-            out.append(ColumnSource(table, f.name, f"dynamics.{entity}", f.api_name,
-                                    f"Dynamics {entity}.{f.name} ({f.type_name})"))
+            out.append(
+                ColumnSource(
+                    table,
+                    f.name,
+                    f"dynamics.{entity}",
+                    f.api_name,
+                    f"Dynamics {entity}.{f.name} ({f.type_name})",
+                )
+            )
             if f.label_column:
-                out.append(ColumnSource(table, f.label_column, f"dynamics.{entity}", f.api_name,
-                                        f"Label of {entity}.{f.name} (its FormattedValue)"))
+                out.append(
+                    ColumnSource(
+                        table,
+                        f.label_column,
+                        f"dynamics.{entity}",
+                        f.api_name,
+                        f"Label of {entity}.{f.name} (its FormattedValue)",
+                    )
+                )
             if f.target_column:
-                out.append(ColumnSource(table, f.target_column, f"dynamics.{entity}", f.api_name,
-                                        f"Table {entity}.{f.name} points to (lookuplogicalname)"))
-    out.append(ColumnSource("contacts", "accountid", "dynamics.contact", "_parentcustomerid_value",
-                            "The contact's account: its parent customer when that is an account"))
+                out.append(
+                    ColumnSource(
+                        table,
+                        f.target_column,
+                        f"dynamics.{entity}",
+                        f.api_name,
+                        f"Table {entity}.{f.name} points to (lookuplogicalname)",
+                    )
+                )
+    out.append(
+        ColumnSource(
+            "contacts",
+            "accountid",
+            "dynamics.contact",
+            "_parentcustomerid_value",
+            "The contact's account: its parent customer when that is an account",
+        )
+    )
     for f in plan.synced("account"):
         for col, _t in f.columns():
-            out.append(ColumnSource("contacts", f"account_{col}", "accounts", col,
-                                    f"Copied from accounts.{col} of the contact's account "
-                                    f"(Dynamics account.{f.name}), or a pending local edit"))
+            out.append(
+                ColumnSource(
+                    "contacts",
+                    f"account_{col}",
+                    "accounts",
+                    col,
+                    f"Copied from accounts.{col} of the contact's account "
+                    f"(Dynamics account.{f.name}), or a pending local edit",
+                )
+            )
     return out
 
 

@@ -150,7 +150,8 @@ def _apply(
         set_params,
     )
     con.execute(
-        "DELETE FROM local_edits WHERE accountid = CAST(? AS UUID) AND field = ?", [account_id, field]
+        "DELETE FROM local_edits WHERE accountid = CAST(? AS UUID) AND field = ?",
+        [account_id, field],
     )
     con.execute(
         "INSERT INTO local_edits (accountid, field, value, via_contactid, account_versionnumber, "
@@ -158,7 +159,9 @@ def _apply(
         "CAST($c AS UUID), (SELECT versionnumber FROM accounts WHERE accountid = CAST($acc AS UUID)), $t",
         {"acc": account_id, "f": field, "v": typed, "c": contact_id, "t": edited_at},
     )
-    return LocalEditResult(contact_id, account_id, field, value, int(changed), int(changed), edited_at)
+    return LocalEditResult(
+        contact_id, account_id, field, value, int(changed), int(changed), edited_at
+    )
 
 
 def _typed_value(con: duckdb.DuckDBPyConnection, field: str, duck_type: str, value: str | None):

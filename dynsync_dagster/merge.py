@@ -260,9 +260,7 @@ def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: Merg
     counts.contacts_repropagated = _scalar(con, "SELECT count(*) FROM prop")
     if counts.contacts_repropagated == 0:
         return
-    eff = effective_accounts_sql(
-        fields, "WHERE a.accountid IN (SELECT new_accountid FROM prop)"
-    )
+    eff = effective_accounts_sql(fields, "WHERE a.accountid IN (SELECT new_accountid FROM prop)")
     olds = ", ".join(f"c.{quote('account_' + c)} AS {quote('old_' + c)}" for c in cols)
     news = ", ".join(f"eff.{quote(c)} AS {quote('new_' + c)}" for c in cols)
     # Rule 7: the limit is checked against the account's contacts after this cycle's moves.
@@ -302,7 +300,9 @@ def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: Merg
             """,
             {"run": ctx.run_id, "now": ctx.now},
         )
-        counts.activities_logged = _scalar(con, "SELECT count(*) FROM prop_diffs WHERE NOT suppressed")
+        counts.activities_logged = _scalar(
+            con, "SELECT count(*) FROM prop_diffs WHERE NOT suppressed"
+        )
         con.execute(
             """
             INSERT INTO activity_suppressions (run_id, accountid, contact_count, contact_limit,
@@ -329,7 +329,11 @@ def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: Merg
 
 def _refill_new_account_columns(con: duckdb.DuckDBPyConnection, ctx: MergeContext) -> None:
     """A newly selected account field reaches every contact at once, without activity rows."""
-    added = [c[len("account_"):] for c in ctx.schema.added.get("contacts", []) if c.startswith("account_")]
+    added = [
+        c[len("account_") :]
+        for c in ctx.schema.added.get("contacts", [])
+        if c.startswith("account_")
+    ]
     if not added:
         return
     fields = [f for f in ctx.plan.synced("account") if any(c in added for c, _t in f.columns())]

@@ -99,7 +99,8 @@ class ConnectionSettings:
             username=username,
             password=password,
             authority_host=_https_base_url(
-                "DYNAMICS_AUTHORITY_HOST", env.get("DYNAMICS_AUTHORITY_HOST") or DEFAULT_AUTHORITY_HOST
+                "DYNAMICS_AUTHORITY_HOST",
+                env.get("DYNAMICS_AUTHORITY_HOST") or DEFAULT_AUTHORITY_HOST,
             ),
             ca_bundle=ca_bundle,
         )
@@ -137,8 +138,12 @@ class SyncSettings:
         if data is None:
             data = {}
         if not isinstance(data, Mapping):
-            raise SettingsError(f"{source}: expected a mapping with keys account_fields, contact_fields")
-        unknown = sorted(set(data) - {"account_fields", "contact_fields", "activity_log_contact_limit"})
+            raise SettingsError(
+                f"{source}: expected a mapping with keys account_fields, contact_fields"
+            )
+        unknown = sorted(
+            set(data) - {"account_fields", "contact_fields", "activity_log_contact_limit"}
+        )
         if unknown:
             raise SettingsError(
                 f"{source}: unknown key(s) {', '.join(map(str, unknown))}; the keys are "

@@ -35,6 +35,10 @@ class PageFormatError(ValueError):
     """A page had a value the field's metadata type does not allow."""
 
 
+class StageBusyError(RuntimeError):
+    """Another cycle holds the stage file."""
+
+
 def _arrow_type(duck_type: str) -> pa.DataType:
     return pa.float64() if duck_type.startswith("DECIMAL") else _ARROW[duck_type]
 
@@ -51,7 +55,9 @@ def stage_columns(entity: str, fields: Sequence[FieldSpec]) -> list[StageColumn]
     if entity == "contact":
         cols += [
             StageColumn("parentcustomerid", "_parentcustomerid_value", pa.string()),
-            StageColumn("parentcustomerid_type", "_parentcustomerid_value" + LOOKUP_TABLE, pa.string()),
+            StageColumn(
+                "parentcustomerid_type", "_parentcustomerid_value" + LOOKUP_TABLE, pa.string()
+            ),
         ]
     for f in fields:
         cols.append(StageColumn(f.name, f.api_name, _arrow_type(f.duck_type)))
@@ -70,9 +76,24 @@ def is_deleted_row(row: dict) -> bool:
     return row.get("reason") == "deleted" and "id" in row and "@odata.context" in row
 
 
+@dataclass(frozen=True)
+class Progress:
+    """How far a checkpointed full read of an entity got (survives a failed cycle)."""
+
+    mode: str
+    select_list: str
+    resume_link: str | None  # the next page to fetch; None once the read is complete
+    delta_link: str | None
+    complete: bool
+
+
 @dataclass
 class Stage:
-    """A scratch DuckDB file holding this cycle's pages until the merge reads them."""
+    """A scratch DuckDB file holding a cycle's pages until the merge reads them.
+
+    Full reads checkpoint here page by page: when a cycle fails, the next one finds the file
+    with the same field plan and resumes from the saved next link instead of from zero.
+    """
 
     path: Path
     plan: FieldPlan
@@ -84,17 +105,110 @@ class Stage:
 
     def __post_init__(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._columns = {e: stage_columns(e, self.plan.synced(e)) for e in ("account", "contact")}
+        signature = self._signature()
+        if not self._reopen(signature):
+            self._create(signature)
+
+    def _signature(self) -> str:
+        parts = [
+            f"{e}:{','.join(f'{c.name}:{c.arrow}' for c in cols)}"
+            for e, cols in self._columns.items()
+        ]
+        return "|".join(parts)
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        try:
+            con = duckdb.connect(str(self.path))
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise StageBusyError(
+                    f"{self.path} is in use: another sync cycle is running; retry in a moment"
+                ) from None
+            raise
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute(f"SET memory_limit = '{self.memory_limit}'")
+        return con
+
+    def _reopen(self, signature: str) -> bool:
+        """Keep a stage a failed cycle left behind, if it was made for the same field plan."""
+        if not self.path.exists():
+            return False
+        try:
+            con = self._connect()
+        except duckdb.Error:
+            return False
+        try:
+            found = con.execute("SELECT signature FROM stage_info").fetchone()
+            if found is None or found[0] != signature:
+                con.close()
+                return False
+            for entity in ("account", "contact"):
+                con.execute(f"DROP TABLE IF EXISTS s_{entity}")
+                con.execute(f"DROP TABLE IF EXISTS err_{entity}")
+            self._seq = int(
+                con.execute(
+                    "SELECT coalesce(max(m), 0) + 1 FROM (SELECT max(_seq) m FROM stage_account "
+                    "UNION ALL SELECT max(_seq) FROM stage_contact)"
+                ).fetchone()[0]
+            )
+        except duckdb.Error:
+            con.close()
+            return False
+        self._con = con
+        return True
+
+    def _create(self, signature: str) -> None:
         for p in (self.path, self.path.with_name(self.path.name + ".wal")):
             p.unlink(missing_ok=True)
-        self._con = duckdb.connect(str(self.path))
-        self._con.execute("SET TimeZone = 'UTC'")
-        self._con.execute(f"SET memory_limit = '{self.memory_limit}'")
-        self._columns = {e: stage_columns(e, self.plan.synced(e)) for e in ("account", "contact")}
+        self._con = self._connect()
+        self._con.execute("CREATE TABLE stage_info (signature VARCHAR)")
+        self._con.execute("INSERT INTO stage_info VALUES (?)", [signature])
+        self._con.execute(
+            "CREATE TABLE progress (entity VARCHAR, mode VARCHAR, select_list VARCHAR, "
+            "resume_link VARCHAR, delta_link VARCHAR, complete BOOLEAN)"
+        )
         for entity, cols in self._columns.items():
             ddl = ", ".join(f'"{c.name}" {_duck_of(c.arrow)}' for c in cols)
+            self._con.execute(f"CREATE TABLE stage_{entity} ({ddl}, _deleted BOOLEAN, _seq BIGINT)")
+
+    def progress(self, entity: str) -> Progress | None:
+        assert self._con is not None
+        row = self._con.execute(
+            "SELECT mode, select_list, resume_link, delta_link, complete FROM progress WHERE entity = ?",
+            [entity],
+        ).fetchone()
+        return Progress(*row) if row else None
+
+    def checkpoint(self, entity: str, progress: Progress | None) -> None:
+        """Record how far a full read got; None forgets it (reads that are cheap to redo)."""
+        assert self._con is not None
+        self._con.execute("DELETE FROM progress WHERE entity = ?", [entity])
+        if progress is not None:
             self._con.execute(
-                f"CREATE TABLE stage_{entity} ({ddl}, _deleted BOOLEAN, _seq BIGINT)"
+                "INSERT INTO progress VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    entity,
+                    progress.mode,
+                    progress.select_list,
+                    progress.resume_link,
+                    progress.delta_link,
+                    progress.complete,
+                ],
             )
+
+    def has_checkpoint(self) -> bool:
+        if self._con is None:
+            return False
+        return bool(self._con.execute("SELECT count(*) FROM progress").fetchone()[0])
+
+    def count(self, entity: str) -> None:
+        """Re-count what a resumed stage already holds."""
+        assert self._con is not None
+        live, gone = self._con.execute(
+            f"SELECT count(*) FILTER (NOT _deleted), count(*) FILTER (_deleted) FROM stage_{entity}"
+        ).fetchone()
+        self.rows[entity], self.deleted[entity] = int(live), int(gone)
 
     def add_rows(self, entity: str, rows: list[dict]) -> None:
         """Column-wise copy of one page: one list comprehension per column, no per-row branching."""
@@ -129,9 +243,10 @@ class Stage:
         self.deleted[entity] += len(gone)
 
     def reset(self, entity: str) -> None:
-        """Forget what was staged for an entity (a delta read that must become a full read)."""
+        """Forget what was staged for an entity (a read that must start again)."""
         assert self._con is not None
         self._con.execute(f"DELETE FROM stage_{entity}")
+        self._con.execute("DELETE FROM progress WHERE entity = ?", [entity])
         self.rows[entity] = 0
         self.deleted[entity] = 0
 
@@ -144,37 +259,45 @@ class Stage:
     def finish(self) -> None:
         """Type and de-duplicate the staged rows (the last sighting of each id wins), then close.
 
+        A record with a value its column type cannot hold (a malformed GUID or date, a number
+        out of range) is set aside in err_<entity> instead of failing the cycle: the sync
+        goes on and the record shows up in `sync_errors`.
+
         Done here, in the stage file, because one DuckDB transaction may write only one
         attached database: the store's transaction then only reads from the stage.
         """
         assert self._con is not None
         for entity in ("account", "contact"):
             key = PRIMARY_KEY[entity]
-            typed = [f"CAST(id AS UUID) AS {key}"]
+            casts: list[tuple[str, str, str]] = [("id", "UUID", key)]  # (stage col, type, name)
+            if entity == "contact":
+                casts.append(("parentcustomerid", "UUID", "parentcustomerid"))
+            for f in self.plan.synced(entity):
+                casts += [(col, duck_type, col) for col, duck_type in f.columns()]
+            casts.append(("modifiedon", "TIMESTAMPTZ", "modifiedon"))
+            bad = ", ".join(
+                f'CASE WHEN "{c}" IS NOT NULL AND TRY_CAST("{c}" AS {t}) IS NULL '
+                f"THEN '{c} = ' || left(CAST(\"{c}\" AS VARCHAR), 100) END"
+                for c, t, _n in casts
+            )
+            self._con.execute(
+                f"CREATE TABLE err_{entity} AS SELECT id, problems FROM ("
+                f"SELECT id, list_filter([{bad}], lambda x: x IS NOT NULL) AS problems "
+                f"FROM stage_{entity} WHERE NOT _deleted) WHERE len(problems) > 0"
+            )
+            typed = [f'CAST("{c}" AS {t}) AS "{n}"' for c, t, n in casts]
             if entity == "contact":
                 typed += [
-                    "CAST(parentcustomerid AS UUID) AS parentcustomerid",
                     "parentcustomerid_type",
                     "CASE WHEN parentcustomerid_type = 'account' "
                     "THEN CAST(parentcustomerid AS UUID) END AS accountid",
                 ]
-            for f in self.plan.synced(entity):
-                for col, duck_type in f.columns():
-                    typed.append(f'CAST("{col}" AS {duck_type}) AS "{col}"')
-            typed += [
-                "CAST(modifiedon AS TIMESTAMPTZ) AS modifiedon",
-                "versionnumber",
-                "_deleted",
-            ]
-            try:
-                self._con.execute(
-                    f"CREATE TABLE s_{entity} AS SELECT {', '.join(typed)} FROM stage_{entity} "
-                    "QUALIFY row_number() OVER (PARTITION BY id ORDER BY _seq DESC) = 1"
-                )
-            except duckdb.ConversionException as exc:
-                raise PageFormatError(
-                    f"{entity}: a value from Dynamics could not be converted to its column type: {exc}"
-                ) from None
+            typed += ["versionnumber", "_deleted"]
+            self._con.execute(
+                f"CREATE TABLE s_{entity} AS SELECT {', '.join(typed)} FROM stage_{entity} "
+                f"WHERE id NOT IN (SELECT id FROM err_{entity}) "
+                "QUALIFY row_number() OVER (PARTITION BY id ORDER BY _seq DESC) = 1"
+            )
         self.close()
 
     def close(self) -> None:

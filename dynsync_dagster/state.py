@@ -34,13 +34,24 @@ def write_reader_state(con: duckdb.DuckDBPyConnection, state: ReaderState, run_i
     con.execute(
         "INSERT INTO sync_state (entity, mode, delta_link, select_list, cursor_modifiedon, run_id, "
         "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [state.entity, state.mode, state.delta_link, state.select_list, state.cursor_modifiedon,
-         run_id, state.updated_at],
+        [
+            state.entity,
+            state.mode,
+            state.delta_link,
+            state.select_list,
+            state.cursor_modifiedon,
+            run_id,
+            state.updated_at,
+        ],
     )
 
 
 def previously_synced_fields(con: duckdb.DuckDBPyConnection) -> set[tuple[str, str]]:
-    rows = con.execute("SELECT entity, field FROM sync_fields WHERE synced AND selected").fetchall()
+    """Selected fields that synced before, or were since deleted in Dynamics: if one is missing
+    from the metadata now, that is schema drift (a warning), not a typo (an error)."""
+    rows = con.execute(
+        'SELECT entity, field FROM sync_fields WHERE selected AND (synced OR NOT "exists")'
+    ).fetchall()
     return {(e, f) for e, f in rows}
 
 
@@ -53,9 +64,21 @@ def write_field_decisions(
     for d in plan.decisions:
         spec = specs.get((d.entity, d.field))
         rows.append(
-            (d.entity, d.field, d.selected, d.exists, d.readable, d.synced, d.reason,
-             d.attribute_type, d.is_secured, spec.duck_type if spec else None,
-             [c for c, _t in spec.columns()] if spec else None, run_id, now)
+            (
+                d.entity,
+                d.field,
+                d.selected,
+                d.exists,
+                d.readable,
+                d.synced,
+                d.reason,
+                d.attribute_type,
+                d.is_secured,
+                spec.duck_type if spec else None,
+                [c for c, _t in spec.columns()] if spec else None,
+                run_id,
+                now,
+            )
         )
     con.execute("DELETE FROM sync_fields")
     if rows:
@@ -69,10 +92,29 @@ def write_field_decisions(
 
 
 SYNC_RUN_COLUMNS = (
-    "run_id", "trigger", "started_at", "finished_at", "outcome", "account_mode", "contact_mode",
-    "window_start", "window_end", "accounts_read", "contacts_read", "accounts_upserted",
-    "contacts_upserted", "accounts_deleted", "contacts_deleted", "contacts_repropagated",
-    "activities_logged", "activities_suppressed", "requests", "retries", "throttle_wait_s", "error",
+    "run_id",
+    "trigger",
+    "started_at",
+    "finished_at",
+    "outcome",
+    "account_mode",
+    "contact_mode",
+    "window_start",
+    "window_end",
+    "accounts_read",
+    "contacts_read",
+    "accounts_upserted",
+    "contacts_upserted",
+    "accounts_deleted",
+    "contacts_deleted",
+    "contacts_repropagated",
+    "activities_logged",
+    "activities_suppressed",
+    "requests",
+    "retries",
+    "throttle_wait_s",
+    "record_errors",
+    "error",
 )
 
 
@@ -82,3 +124,20 @@ def write_sync_run(con: duckdb.DuckDBPyConnection, values: dict) -> None:
         f"INSERT INTO sync_runs ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
         [values[c] for c in cols],
     )
+
+
+def record_sync_errors(con: duckdb.DuckDBPyConnection, run_id: str, now: datetime) -> int:
+    """Records the stage set aside (values their column cannot hold) become `sync_errors` rows."""
+    before = con.execute("SELECT count(*) FROM sync_errors").fetchone()[0]
+    for entity in ENTITIES:
+        con.execute(
+            f"""
+            INSERT INTO sync_errors (run_id, entity, record_id, code, message, occurred_at)
+            SELECT ?, ?, id, 'value_not_convertible',
+                   'skipped: a value does not fit its column type: ' || array_to_string(problems, '; '),
+                   ?
+            FROM stage.err_{entity}
+            """,
+            [run_id, entity, now],
+        )
+    return int(con.execute("SELECT count(*) FROM sync_errors").fetchone()[0] - before)

@@ -125,7 +125,16 @@ CREATE TABLE IF NOT EXISTS sync_runs (
     requests BIGINT,
     retries BIGINT,
     throttle_wait_s DOUBLE,
+    record_errors BIGINT,
     error VARCHAR
+);
+CREATE TABLE IF NOT EXISTS sync_errors (
+    run_id VARCHAR,
+    entity VARCHAR NOT NULL,
+    record_id VARCHAR NOT NULL,
+    code VARCHAR NOT NULL,
+    message VARCHAR NOT NULL,
+    occurred_at TIMESTAMPTZ NOT NULL
 );
 """
 
@@ -139,7 +148,9 @@ def quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def connect(path: Path, *, read_only: bool = False, wait_s: float = 0.0) -> duckdb.DuckDBPyConnection:
+def connect(
+    path: Path, *, read_only: bool = False, wait_s: float = 0.0
+) -> duckdb.DuckDBPyConnection:
     """Open the store, creating it readable by its owner only; UTC for every timestamp."""
     path = Path(path)
     if not read_only:
@@ -171,7 +182,9 @@ def _owner_only(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def open_store(path: Path, *, read_only: bool = False, wait_s: float = 0.0) -> Iterator[duckdb.DuckDBPyConnection]:
+def open_store(
+    path: Path, *, read_only: bool = False, wait_s: float = 0.0
+) -> Iterator[duckdb.DuckDBPyConnection]:
     con = connect(path, read_only=read_only, wait_s=wait_s)
     try:
         yield con
@@ -215,7 +228,9 @@ class SchemaChange:
         return bool(cols)
 
     def new_account_fields(self) -> set[str]:
-        return {c[len("account_"):] for c in self.added.get("contacts", []) if c.startswith("account_")}
+        return {
+            c[len("account_") :] for c in self.added.get("contacts", []) if c.startswith("account_")
+        }
 
 
 def existing_columns(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, str]]:
@@ -240,7 +255,9 @@ def plan_schema_change(existing: dict[str, dict[str, str]], plan: FieldPlan) -> 
     return SchemaChange(added, dropped)
 
 
-def apply_schema_change(con: duckdb.DuckDBPyConnection, plan: FieldPlan, change: SchemaChange) -> None:
+def apply_schema_change(
+    con: duckdb.DuckDBPyConnection, plan: FieldPlan, change: SchemaChange
+) -> None:
     desired = desired_field_columns(plan)
     for table, cols in change.dropped.items():
         for col in cols:

@@ -13,14 +13,25 @@ from dynsync_dagster.simulator import DatasetSpec, Simulator
 from dynsync_dagster.store import open_store
 
 ACCOUNT_FIELDS = (
-    "name", "accountnumber", "industrycode", "revenue", "numberofemployees", "address1_city",
-    "creditlimit", "creditonhold", "parentaccountid",
+    "name",
+    "accountnumber",
+    "industrycode",
+    "revenue",
+    "numberofemployees",
+    "address1_city",
+    "creditlimit",
+    "creditonhold",
+    "parentaccountid",
 )
 CONTACT_FIELDS = ("firstname", "lastname", "emailaddress1", "birthdate", "governmentid")
 
 SMALL = DatasetSpec(
-    accounts=30, contacts=260, sized_accounts=(12, 8), orphan_contacts=4,
-    contact_parented_contacts=3, seed=11,
+    accounts=30,
+    contacts=260,
+    sized_accounts=(12, 8),
+    orphan_contacts=4,
+    contact_parented_contacts=3,
+    seed=11,
 )
 
 
@@ -73,11 +84,18 @@ class Harness:
         """Every data table in a stable order (status tables aside)."""
         out = {}
         with open_store(self.db, read_only=True) as con:
-            for table, key in (("accounts", "accountid"), ("contacts", "contactid"),
-                               ("activity_log", "activity_id"), ("local_edits", "accountid, field"),
-                               ("activity_suppressions", "accountid, logged_at")):
-                cols = [c for c in con.sql(f"SELECT * FROM {table} LIMIT 0").columns
-                        if c not in ("last_synced_at", "last_run_id", "logged_at")]
+            for table, key in (
+                ("accounts", "accountid"),
+                ("contacts", "contactid"),
+                ("activity_log", "activity_id"),
+                ("local_edits", "accountid, field"),
+                ("activity_suppressions", "accountid, logged_at"),
+            ):
+                cols = [
+                    c
+                    for c in con.sql(f"SELECT * FROM {table} LIMIT 0").columns
+                    if c not in ("last_synced_at", "last_run_id", "logged_at")
+                ]
                 out[table] = con.execute(
                     f"SELECT {', '.join(cols)} FROM {table} ORDER BY {key}"
                 ).fetchall()

@@ -15,7 +15,11 @@ REPO = Path(__file__).resolve().parent.parent
 def _run(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "dynsync_dagster.cli", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -27,7 +31,9 @@ def _base_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    result = _run(["demo", "--dir", str(tmp_path / "demo"), "--accounts", "60"], _base_env(tmp_path))
+    result = _run(
+        ["demo", "--dir", str(tmp_path / "demo"), "--accounts", "60"], _base_env(tmp_path)
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "accounts: 60" in out
@@ -50,12 +56,16 @@ def test_sync_and_local_edit_commands(sim: Simulator, tmp_path: Path) -> None:
     org = sim.org
     account = next(a for a in org.account_ids() if len(org.contacts_of(a)) == 8)
     contact = org.contacts_of(account)[0]
-    ok = _run(["set-account-field", "--contact-id", contact, "--field", "name", "--value", "Local"], env)
+    ok = _run(
+        ["set-account-field", "--contact-id", contact, "--field", "name", "--value", "Local"], env
+    )
     assert ok.returncode == 0, ok.stderr
     assert "on 8 contact(s), 8 activity row(s) logged" in ok.stdout
 
     orphan = next(c for c in org.contact_ids() if org.get_contact(c)["parentcustomerid"] is None)
-    refused = _run(["set-account-field", "--contact-id", orphan, "--field", "name", "--value", "X"], env)
+    refused = _run(
+        ["set-account-field", "--contact-id", orphan, "--field", "name", "--value", "X"], env
+    )
     assert refused.returncode == 2
     assert "accounts are created in Dynamics only" in refused.stderr
     assert "Traceback" not in refused.stderr

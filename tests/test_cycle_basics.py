@@ -27,7 +27,11 @@ def test_full_sync_counts_and_values_equal_the_simulator(harness: Harness) -> No
             [account_id],
         )[0]
         assert got[:3] == (want["name"], want["accountnumber"], want["industrycode"])
-        assert got[3] == (None if want["revenue"] is None else Decimal(str(want["revenue"])).quantize(Decimal("0.0001")))
+        assert got[3] == (
+            None
+            if want["revenue"] is None
+            else Decimal(str(want["revenue"])).quantize(Decimal("0.0001"))
+        )
         assert got[4:] == (want["numberofemployees"], want["address1_city"], want["versionnumber"])
 
 
@@ -56,23 +60,33 @@ def test_contacts_carry_their_accounts_fields(harness: Harness) -> None:
 def test_unreadable_and_unselected_columns_never_land(harness: Harness) -> None:
     harness.cycle()
     columns = {
-        (t, c) for t, c in harness.rows(
-            "SELECT table_name, column_name FROM information_schema.columns"
-        )
+        (t, c)
+        for t, c in harness.rows("SELECT table_name, column_name FROM information_schema.columns")
     }
     names = {c for _t, c in columns}
     assert "creditlimit" in names and "account_creditlimit" in names  # secured, readable
-    for hidden in ("creditonhold", "account_creditonhold", "governmentid", "jobtitle",
-                   "account_telephone1", "isprivate"):
+    for hidden in (
+        "creditonhold",
+        "account_creditonhold",
+        "governmentid",
+        "jobtitle",
+        "account_telephone1",
+        "isprivate",
+    ):
         assert hidden not in names
-    reasons = dict(harness.rows(
-        "SELECT entity || '.' || field, reason FROM sync_fields WHERE NOT synced AND selected"
-    ))
+    reasons = dict(
+        harness.rows(
+            "SELECT entity || '.' || field, reason FROM sync_fields WHERE NOT synced AND selected"
+        )
+    )
     assert "secured" in reasons["account.creditonhold"]
     assert "secured" in reasons["contact.governmentid"]
-    assert harness.scalar(
-        "SELECT reason FROM sync_fields WHERE entity = 'contact' AND field = 'jobtitle'"
-    ) == "not selected in the settings file"
+    assert (
+        harness.scalar(
+            "SELECT reason FROM sync_fields WHERE entity = 'contact' AND field = 'jobtitle'"
+        )
+        == "not selected in the settings file"
+    )
 
 
 def test_second_cycle_without_changes_changes_nothing(harness: Harness) -> None:
@@ -88,15 +102,15 @@ def test_second_cycle_without_changes_changes_nothing(harness: Harness) -> None:
 def test_unknown_field_fails_before_anything_is_written(harness: Harness) -> None:
     harness.cycle()
     before = harness.snapshot()
-    harness.settings = harness.settings.__class__(
-        ("name", "industrycod", "nosuchfield"), (), 5000
-    )
+    harness.settings = harness.settings.__class__(("name", "industrycod", "nosuchfield"), (), 5000)
     with pytest.raises(FieldSelectionError) as err:
         harness.cycle()
     assert "industrycod (did you mean industrycode?)" in str(err.value)
     assert "nosuchfield" in str(err.value)
     assert harness.snapshot() == before
-    assert harness.scalar("SELECT outcome FROM sync_runs ORDER BY started_at DESC LIMIT 1") == "failed"
+    assert (
+        harness.scalar("SELECT outcome FROM sync_runs ORDER BY started_at DESC LIMIT 1") == "failed"
+    )
 
 
 def test_the_client_never_writes(harness: Harness) -> None:

@@ -28,7 +28,8 @@ def test_job_materializes_every_table_with_metadata(sync_env: Path, definitions)
         result = job.execute_in_process(instance=instance, partition_key=today)
         assert result.success
         mats = {
-            m.asset_key.to_user_string(): m for m in result.asset_materializations_for_node("dynamics_sync")
+            m.asset_key.to_user_string(): m
+            for m in result.asset_materializations_for_node("dynamics_sync")
         }
         assert set(mats) == {"sync_fields", "accounts", "contacts", "activity_log", "sync_runs"}
         contacts = mats["contacts"].metadata
@@ -46,7 +47,8 @@ def test_job_materializes_every_table_with_metadata(sync_env: Path, definitions)
         second = job.execute_in_process(instance=instance, partition_key=today)
         assert second.success
         again = {
-            m.asset_key.to_user_string(): m for m in second.asset_materializations_for_node("dynamics_sync")
+            m.asset_key.to_user_string(): m
+            for m in second.asset_materializations_for_node("dynamics_sync")
         }
         assert again["accounts"].metadata["reader_mode"].value == "delta"
         assert again["accounts"].metadata["records_read"].value == 0

@@ -13,8 +13,13 @@ def test_definitions_load_with_the_asset_graph(definitions) -> None:
     d = definitions
     keys = {k.to_user_string() for k in d.resolve_all_asset_keys()}
     assert keys == {
-        "dynamics/account", "dynamics/contact", "sync_fields", "accounts", "contacts",
-        "activity_log", "sync_runs",
+        "dynamics/account",
+        "dynamics/contact",
+        "sync_fields",
+        "accounts",
+        "contacts",
+        "activity_log",
+        "sync_runs",
     }
     graph = d.resolve_asset_graph()
     assert dg.AssetKey("accounts") in graph.get(dg.AssetKey("contacts")).parent_keys
@@ -36,7 +41,12 @@ def test_schedule_requests_todays_partition_when_idle() -> None:
 
 
 def test_schedule_skips_while_a_sync_is_in_flight(monkeypatch, definitions) -> None:
-    for name in ("DYNAMICS_URL", "DYNAMICS_TENANT_ID", "DYNAMICS_CLIENT_ID", "DYNAMICS_CLIENT_SECRET"):
+    for name in (
+        "DYNAMICS_URL",
+        "DYNAMICS_TENANT_ID",
+        "DYNAMICS_CLIENT_ID",
+        "DYNAMICS_CLIENT_SECRET",
+    ):
         monkeypatch.setenv(name, "placeholder")  # the run is only recorded, never executed
     job = definitions.resolve_job_def(sync_job.name)
     with dg.instance_for_test() as instance:

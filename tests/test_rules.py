@@ -34,9 +34,13 @@ def test_account_update_logs_one_row_per_contact_per_changed_field(harness: Harn
         (old["name"], "Renamed Ltd", "Dynamics sync", "Change Data Value")
     }
     assert {r[5] for r in rows} == {modified}
-    assert harness.scalar(
-        "SELECT count(*) FROM contacts WHERE accountid = ? AND account_name = 'Renamed Ltd'", [account]
-    ) == 12
+    assert (
+        harness.scalar(
+            "SELECT count(*) FROM contacts WHERE accountid = ? AND account_name = 'Renamed Ltd'",
+            [account],
+        )
+        == 12
+    )
 
 
 def test_contact_limit_logs_at_the_limit_and_suppresses_above(harness: Harness) -> None:
@@ -51,9 +55,12 @@ def test_contact_limit_logs_at_the_limit_and_suppresses_above(harness: Harness) 
     assert harness.scalar("SELECT count(*) FROM activity_log WHERE accountid = ?", [at_limit]) == 8
     assert harness.scalar("SELECT count(*) FROM activity_log WHERE accountid = ?", [above]) == 0
     # The change still reached every contact, and the suppression is on record.
-    assert harness.scalar(
-        "SELECT count(*) FROM contacts WHERE accountid = ? AND account_name = 'Twelve'", [above]
-    ) == 12
+    assert (
+        harness.scalar(
+            "SELECT count(*) FROM contacts WHERE accountid = ? AND account_name = 'Twelve'", [above]
+        )
+        == 12
+    )
     assert result.counts.suppressed_accounts == [
         {"accountid": above, "contacts": 12, "rows_suppressed": 12}
     ]
@@ -73,10 +80,13 @@ def test_rereading_an_unchanged_version_is_not_an_update(harness: Harness) -> No
 
     now = datetime.now(UTC)
     harness.cycle(window=(now - timedelta(days=400), now + timedelta(days=1)))
-    assert harness.scalar(
-        "SELECT count(*) FROM contacts WHERE accountid = ? AND account_address1_city = 'Local City'",
-        [account],
-    ) == 8
+    assert (
+        harness.scalar(
+            "SELECT count(*) FROM contacts WHERE accountid = ? AND account_address1_city = 'Local City'",
+            [account],
+        )
+        == 8
+    )
 
 
 def test_local_edit_survives_until_dynamics_updates_the_account(harness: Harness) -> None:
@@ -92,15 +102,20 @@ def test_local_edit_survives_until_dynamics_updates_the_account(harness: Harness
     )
     assert len(local) == 8 and {r[0] for r in local} == {"Local update"}
     assert {(r[1], r[2]) for r in local} == {(original_city, "Local City")}
-    assert harness.rows("SELECT count(*) FROM accounts WHERE address1_city = 'Local City'") == [(0,)]
+    assert harness.rows("SELECT count(*) FROM accounts WHERE address1_city = 'Local City'") == [
+        (0,)
+    ]
 
     # A cycle in which the account did not change keeps the edit.
     org.update_account(_sized(harness, 12), name="Someone else")
     harness.cycle()
-    assert harness.scalar(
-        "SELECT count(*) FROM contacts WHERE accountid = ? AND account_address1_city = 'Local City'",
-        [account],
-    ) == 8
+    assert (
+        harness.scalar(
+            "SELECT count(*) FROM contacts WHERE accountid = ? AND account_address1_city = 'Local City'",
+            [account],
+        )
+        == 8
+    )
 
     # Dynamics updates another field of the account: all synced fields overwrite, logged.
     org.update_account(account, accountnumber="ACC-NEW")
@@ -114,11 +129,16 @@ def test_local_edit_survives_until_dynamics_updates_the_account(harness: Harness
         "AND attribute = 'address1_city' AND source = 'Dynamics sync'",
         [account],
     )
-    assert len(back) == 8 and {tuple(r) for r in back} == {("Local City", original_city, "Dynamics sync")}
-    assert harness.scalar(
-        "SELECT count(*) FROM activity_log WHERE accountid = ? AND attribute = 'accountnumber'",
-        [account],
-    ) == 8
+    assert len(back) == 8 and {tuple(r) for r in back} == {
+        ("Local City", original_city, "Dynamics sync")
+    }
+    assert (
+        harness.scalar(
+            "SELECT count(*) FROM activity_log WHERE accountid = ? AND attribute = 'accountnumber'",
+            [account],
+        )
+        == 8
+    )
     assert harness.scalar("SELECT count(*) FROM local_edits") == 0
 
 
@@ -129,18 +149,23 @@ def test_update_that_changes_no_field_still_restores_local_values(harness: Harne
     set_account_field(harness.db, org.contacts_of(account)[0], "numberofemployees", "77")
     org.touch_account(account)
     harness.cycle()
-    assert harness.scalar(
-        "SELECT count(*) FROM activity_log WHERE accountid = ? AND source = 'Dynamics sync' "
-        "AND attribute = 'numberofemployees' AND old_value = '77'",
-        [account],
-    ) == 8
+    assert (
+        harness.scalar(
+            "SELECT count(*) FROM activity_log WHERE accountid = ? AND source = 'Dynamics sync' "
+            "AND attribute = 'numberofemployees' AND old_value = '77'",
+            [account],
+        )
+        == 8
+    )
 
 
 def test_local_edit_errors_change_nothing(harness: Harness) -> None:
     harness.cycle()
     org = harness.sim.org
     before = harness.snapshot()
-    orphan = harness.rows("SELECT CAST(contactid AS VARCHAR) FROM contacts WHERE accountid IS NULL")[0][0]
+    orphan = harness.rows(
+        "SELECT CAST(contactid AS VARCHAR) FROM contacts WHERE accountid IS NULL"
+    )[0][0]
     with pytest.raises(LocalEditError, match="accounts are created in Dynamics only"):
         set_account_field(harness.db, orphan, "name", "New Co")
     contact = org.contacts_of(_sized(harness, 8))[0]
@@ -204,9 +229,12 @@ def test_deleted_account_is_kept_and_flagged(harness: Harness) -> None:
     assert harness.rows(
         "SELECT is_deleted, deleted_at IS NOT NULL FROM accounts WHERE accountid = ?", [account]
     ) == [(True, True)]
-    assert harness.scalar(
-        "SELECT count(*) FROM contacts WHERE accountid = ? AND NOT is_deleted", [account]
-    ) == 0
+    assert (
+        harness.scalar(
+            "SELECT count(*) FROM contacts WHERE accountid = ? AND NOT is_deleted", [account]
+        )
+        == 0
+    )
 
 
 def test_expired_delta_token_resyncs_and_reconciles_deletes(harness: Harness) -> None:

@@ -4,7 +4,6 @@ One multi-asset, because one cycle is one DuckDB transaction: every table of a c
 commits together or not at all, and the graph still shows each table and its lineage.
 """
 
-
 import contextlib
 from datetime import UTC, datetime
 
@@ -133,8 +132,10 @@ def dynamics_sync(
 def materializations(result: CycleResult, store: DynsyncStore):
     counts = result.counts
     with open_store(store.path(), read_only=True, wait_s=30) as con:
-        schemas = {t: table_columns(con, t) for t in ("sync_fields", "accounts", "contacts",
-                                                        "activity_log", "sync_runs")}
+        schemas = {
+            t: table_columns(con, t)
+            for t in ("sync_fields", "accounts", "contacts", "activity_log", "sync_runs")
+        }
         rows = {t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in schemas}
     common = {
         "dynsync/run_id": result.run_id,

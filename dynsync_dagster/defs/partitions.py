@@ -1,6 +1,5 @@
 """Daily partitions on Dynamics `modifiedon` (UTC): the unit of a date-range re-sync."""
 
-
 import os
 
 import dagster as dg

@@ -1,6 +1,5 @@
 """Resources: the Dynamics connection (secrets via EnvVar) and the DuckDB store with its settings."""
 
-
 import os
 from pathlib import Path
 

@@ -1,6 +1,5 @@
 """The five-minute cycle: a job over the sync assets and a schedule that never overlaps."""
 
-
 import dagster as dg
 
 from .assets import dynamics_sync
