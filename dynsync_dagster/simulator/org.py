@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -99,6 +100,7 @@ class Org:
         self.delta_token_lifetime_s = delta_token_lifetime_s
         self.clock: Callable[[], datetime] = _utc_now
         self._clock_offset = timedelta(0)
+        self._backdate = timedelta(0)
         self._version = start_version
         # Secured columns the (non-admin) sync/app user may read through its field profile.
         self._readable_secured: dict[str, set[str]] = {
@@ -117,6 +119,18 @@ class Org:
     def now(self) -> datetime:
         """Org time, second precision UTC (what modifiedon gets)."""
         return (self.clock() + self._clock_offset).astimezone(UTC).replace(microsecond=0)
+
+    @contextlib.contextmanager
+    def backdated(self, seconds: float) -> Iterator[None]:
+        """Writes inside get a modifiedon `seconds` in the past but a current versionnumber:
+        a long transaction that commits (becomes visible) after later-stamped rows."""
+        with self.lock:
+            previous = self._backdate
+            self._backdate = timedelta(seconds=seconds)
+            try:
+                yield
+            finally:
+                self._backdate = previous
 
     def advance_clock(self, seconds: float) -> None:
         with self.lock:
@@ -408,7 +422,7 @@ class Org:
 
     def _stamp(self, table: Table, record_id: str, row: list[Any], old_name: Any) -> int:
         version = self._next_version()
-        row[table.slots["modifiedon"]] = self.now()
+        row[table.slots["modifiedon"]] = self.now() - self._backdate
         row[table.slots["versionnumber"]] = version
         table.record_change(version, record_id, deleted=False)
         if row[table.slots[table.entity.primary_name]] != old_name:

@@ -16,6 +16,7 @@ from .annotations import Annotations, Preferences
 from .errors import ODataError, bad_query, property_not_found
 from .odata_filter import COMPARISONS, Literal, compile_filter, parse_filter
 from .org import DeltaTokenError, Org
+from .prefetch import Prefetcher
 from .responses import JSON_TYPE, Response
 from .schema import Attribute
 from .serialize import RowCache, compile_serializer
@@ -128,6 +129,7 @@ class EntityQueries:
         self._views: OrderedDict[tuple, _View] = OrderedDict()
         self._max_shapes = max_shapes
         self._max_views = max_views
+        self.prefetcher = Prefetcher(org)
 
     # ---- option parsing ------------------------------------------------------------
 
@@ -360,6 +362,7 @@ class EntityQueries:
         body.append(b",".join([cache.row_bytes(i, rows[i]) for i in page_ids]))
         body.append(b"]")
         if more:
+            self.prefetcher.submit(cache, table, view.ids[start + size : start + 2 * size])
             pk = table.entity.primary_id
             last_row = rows[page_ids[-1]]
             next_cookie = paging.Cookie(

@@ -156,6 +156,9 @@ class RowCache:
         self.built_at[record_id] = self.org.current_version
         return data
 
+    def is_fresh(self, record_id: str, row: list[Any] | None) -> bool:
+        return row is not None and self.versions.get(record_id) == row[self.version_slot]
+
     def _names_unchanged(self, row: list[Any], built_at: int) -> bool:
         names = self.org.name_versions
         if not names:

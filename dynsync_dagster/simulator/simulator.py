@@ -172,6 +172,7 @@ class Simulator:
             self._trickle.join(timeout=5)
             self._trickle = None
         if self._server is not None:
+            self._server.server.app.queries.prefetcher.stop()
             self._server.stop()
             self._server = None
             self._bound = False

@@ -120,3 +120,27 @@ def test_random_changes_and_reparent(tmp_path) -> None:
     assert org.get_contact(cid)["accountid"] is None
     with pytest.raises(KeyError):
         org.reparent_contact(cid, "00000000-0000-0000-0000-000000000000", "account")
+
+
+def test_backdated_commit_keeps_version_order(tmp_path) -> None:
+    org = _org(tmp_path, DatasetSpec(accounts=3, contacts=3))
+    first, second = org.account_ids()[:2]
+    org.update_account(first, name="Early")
+    with org.backdated(300):
+        org.update_account(second, name="Late commit")
+    a, b = org.get_account(first), org.get_account(second)
+    assert b["versionnumber"] > a["versionnumber"]
+    assert b["modifiedon"] < a["modifiedon"]
+
+
+def test_trickle_makes_changes(tmp_path) -> None:
+    import time
+
+    with Simulator(
+        DatasetSpec(accounts=5, contacts=20), state_dir=tmp_path, trickle_per_minute=1200
+    ) as sim:
+        before = sim.org.current_version
+        deadline = time.monotonic() + 5
+        while sim.org.current_version == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sim.org.current_version > before
