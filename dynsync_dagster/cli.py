@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--value", required=True, help="the new value; the word NULL clears it")
     p.set_defaults(func=cmd_set_account_field)
 
+    p = sub.add_parser(
+        "validate",
+        help="check the setup: URL, credentials, sync user, read privileges, change tracking, fields",
+    )
+    p.set_defaults(func=cmd_validate)
+
     p = sub.add_parser("simulator", help="run the built-in Dynamics simulator", add_help=False)
     p.add_argument("simulator_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_simulator)
@@ -148,6 +154,14 @@ def _summary(db: Path) -> str:
         f"{run[5]} activities logged, {run[6]} suppressed\n"
         f"store {db}: {accounts} accounts, {contacts} contacts"
     )
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .validate import render, validate
+
+    checks = validate()
+    print(render(checks))
+    return 0 if all(c.ok for c in checks) else 1
 
 
 # -- local edit ------------------------------------------------------------------------------

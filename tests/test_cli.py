@@ -77,3 +77,23 @@ def test_missing_settings_are_one_line_errors(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("dynsync sync: missing environment variable(s) DYNAMICS_URL")
     assert "Traceback" not in result.stderr
+
+
+def test_validate_prints_the_checklist(sim: Simulator, tmp_path: Path) -> None:
+    env = _base_env(tmp_path)
+    env.update(sim.env(flow="ropc"))
+    env["DYNSYNC_CONFIG"] = str(REPO / "dynsync.yaml")
+    result = _run(["validate"], env)
+    out = result.stdout
+    assert "[ok  ] credentials and URL: signed in; the sync user is" in out
+    assert "[ok  ] read privilege on account: can read" in out
+    assert "[ok  ] change tracking on contact: enabled" in out
+    # dynsync.yaml selects creditonhold, which the simulator's sync user may not read.
+    assert "[FAIL] selected fields readable" in out and "creditonhold" in out
+    assert result.returncode == 1
+
+    env["DYNAMICS_CLIENT_SECRET"] = "Wr0ng-s3cret-value"
+    wrong = _run(["validate"], env)
+    assert wrong.returncode == 1
+    assert "[FAIL] credentials and URL" in wrong.stdout and "AADSTS" in wrong.stdout
+    assert "Wr0ng-s3cret-value" not in wrong.stdout + wrong.stderr
