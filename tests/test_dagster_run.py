@@ -52,3 +52,59 @@ def test_job_materializes_every_table_with_metadata(sync_env: Path, definitions)
         }
         assert again["accounts"].metadata["reader_mode"].value == "delta"
         assert again["accounts"].metadata["records_read"].value == 0
+
+
+def test_local_edit_job_does_what_the_cli_does(sync_env: Path, definitions, sim) -> None:
+    from dynsync_dagster.store import open_store
+
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    org = sim.org
+    account = next(a for a in org.account_ids() if len(org.contacts_of(a)) == 8)
+    contact = org.contacts_of(account)[0]
+    with dg.instance_for_test() as instance:
+        assert (
+            definitions.resolve_job_def("dynamics_sync_job")
+            .execute_in_process(instance=instance, partition_key=today)
+            .success
+        )
+        edit = definitions.resolve_job_def("local_edit_job")
+        config = {
+            "ops": {
+                "set_account_field_locally": {
+                    "config": {
+                        "contact_id": contact,
+                        "field": "name",
+                        "value": "Edited in the launchpad",
+                    }
+                }
+            }
+        }
+        result = edit.execute_in_process(instance=instance, run_config=config)
+        assert result.success
+        with open_store(sync_env, read_only=True) as con:
+            names = con.execute(
+                "SELECT DISTINCT account_name FROM contacts WHERE accountid = ?", [account]
+            ).fetchall()
+            logged = con.execute(
+                "SELECT count(*) FROM activity_log WHERE source = 'Local update'"
+            ).fetchone()[0]
+        assert names == [("Edited in the launchpad",)]
+        assert logged == 8
+        orphan = next(
+            c for c in org.contact_ids() if org.get_contact(c)["parentcustomerid"] is None
+        )
+        config["ops"]["set_account_field_locally"]["config"]["contact_id"] = orphan
+        refused = edit.execute_in_process(
+            instance=instance, run_config=config, raise_on_error=False
+        )
+        assert not refused.success
+        failure = refused.get_step_failure_events()[0].step_failure_data
+        assert "accounts are created in Dynamics only" in failure.user_failure_data.description
+        # Every check passes after a sync and a local edit.
+        sync = definitions.resolve_job_def("dynamics_sync_job").execute_in_process(
+            instance=instance, partition_key=today
+        )
+        checks = sync.get_asset_check_evaluations()
+        assert len(checks) == 5 and all(c.passed for c in checks), [
+            (c.check_name, c.description) for c in checks if not c.passed
+        ]

@@ -1,0 +1,142 @@
+"""Integrity checks on the store, as plain SQL: what the Dagster asset checks report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+
+from .merge import literal
+from .store import BASE_COLUMNS, quote, table_columns
+
+FRESHNESS = timedelta(minutes=15)
+
+
+@dataclass(frozen=True)
+class Finding:
+    passed: bool
+    description: str
+    metadata: dict = field(default_factory=dict)
+
+
+def contacts_reference_accounts(con: duckdb.DuckDBPyConnection) -> Finding:
+    rows = con.execute(
+        "SELECT CAST(c.contactid AS VARCHAR), CAST(c.accountid AS VARCHAR) FROM contacts c "
+        "WHERE NOT c.is_deleted AND c.accountid IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.accountid = c.accountid) "
+        "ORDER BY 1 LIMIT 20"
+    ).fetchall()
+    dangling = con.execute(
+        "SELECT count(*) FROM contacts c WHERE NOT c.is_deleted AND c.accountid IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.accountid = c.accountid)"
+    ).fetchone()[0]
+    return Finding(
+        dangling == 0,
+        "every contact's account is in `accounts`"
+        if dangling == 0
+        else f"{dangling} contact(s) point at an account that is not stored",
+        {"dangling_contacts": int(dangling), "examples": [list(r) for r in rows]},
+    )
+
+
+def synced_account_fields(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Synced account field -> its DuckDB type, from sync_fields."""
+    return dict(
+        con.execute(
+            "SELECT field, duckdb_type FROM sync_fields WHERE entity = 'account' AND synced AND selected"
+        ).fetchall()
+    )
+
+
+def propagation_consistent(con: duckdb.DuckDBPyConnection) -> Finding:
+    """Each contact's account_<field> equals its account's value, or the pending local edit."""
+    fields = synced_account_fields(con)
+    columns = table_columns(con, "contacts")
+    mismatched: dict[str, int] = {}
+    for name, duck_type in fields.items():
+        col = f"account_{name}"
+        if col not in columns:
+            continue
+        expected = (
+            f"CASE WHEN e.accountid IS NULL THEN a.{quote(name)} "
+            f"ELSE CAST(e.value AS {duck_type}) END"
+        )
+        n = con.execute(
+            f"""
+            SELECT count(*) FROM contacts c
+            LEFT JOIN accounts a ON a.accountid = c.accountid
+            LEFT JOIN local_edits e ON e.accountid = c.accountid AND e.field = {literal(name)}
+            WHERE NOT c.is_deleted AND c.{quote(col)} IS DISTINCT FROM {expected}
+            """
+        ).fetchone()[0]
+        if n:
+            mismatched[col] = int(n)
+    return Finding(
+        not mismatched,
+        "every propagated value equals its account's (or a pending local edit)"
+        if not mismatched
+        else f"propagated values differ from their account in {sorted(mismatched)}",
+        {"mismatched_by_column": mismatched, "fields_checked": len(fields)},
+    )
+
+
+def only_synced_columns(con: duckdb.DuckDBPyConnection) -> Finding:
+    """No unselected or unreadable column in accounts or contacts."""
+    synced = {
+        (e, f): cols
+        for e, f, cols in con.execute(
+            "SELECT entity, field, columns FROM sync_fields WHERE synced AND selected"
+        ).fetchall()
+    }
+    allowed = {"accounts": set(BASE_COLUMNS["accounts"]), "contacts": set(BASE_COLUMNS["contacts"])}
+    for (entity, _f), cols in synced.items():
+        for c in cols or []:
+            if entity == "account":
+                allowed["accounts"].add(c)
+                allowed["contacts"].add(f"account_{c}")
+            else:
+                allowed["contacts"].add(c)
+    extra = {table: sorted(set(table_columns(con, table)) - allowed[table]) for table in allowed}
+    extra = {t: cols for t, cols in extra.items() if cols}
+    return Finding(
+        not extra,
+        "only synced fields have columns"
+        if not extra
+        else f"columns that should not be there: {extra}",
+        {"unexpected_columns": extra},
+    )
+
+
+def no_duplicate_activity(con: duckdb.DuckDBPyConnection) -> Finding:
+    dupes = con.execute(
+        """
+        SELECT count(*) FROM (
+            SELECT 1 FROM activity_log
+            GROUP BY contactid, attribute, old_value, new_value, source, occurred_at
+            HAVING count(*) > 1)
+        """
+    ).fetchone()[0]
+    return Finding(
+        dupes == 0,
+        "no activity row is logged twice"
+        if dupes == 0
+        else f"{dupes} activity row(s) appear twice",
+        {"duplicate_groups": int(dupes)},
+    )
+
+
+def last_cycle_fresh(con: duckdb.DuckDBPyConnection, now: datetime | None = None) -> Finding:
+    now = now or datetime.now(UTC)
+    row = con.execute(
+        "SELECT max(finished_at) FROM sync_runs WHERE outcome = 'success' AND window_start IS NULL"
+    ).fetchone()
+    last = row[0] if row else None
+    if last is None:
+        return Finding(False, "no cycle has committed yet", {})
+    age = now - last
+    return Finding(
+        age <= FRESHNESS,
+        f"last committed cycle {int(age.total_seconds())} s ago (limit {int(FRESHNESS.total_seconds())} s)",
+        {"last_cycle_at": last.isoformat(), "age_s": round(age.total_seconds(), 1)},
+    )
