@@ -61,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_validate)
 
+    p = sub.add_parser(
+        "lineage", help="where a stored column comes from, back to its Dynamics attribute"
+    )
+    p.add_argument("column", help="TABLE.COLUMN, e.g. contacts.account_industrycode")
+    p.set_defaults(func=cmd_lineage)
+
     p = sub.add_parser("simulator", help="run the built-in Dynamics simulator", add_help=False)
     p.add_argument("simulator_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_simulator)
@@ -162,6 +168,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
     checks = validate()
     print(render(checks))
     return 0 if all(c.ok for c in checks) else 1
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from .lineage import trace
+    from .store import StoreBusyError, open_store
+
+    table, _, column = args.column.partition(".")
+    if not table or not column:
+        raise CommandError(f"{args.column!r}: give TABLE.COLUMN, e.g. contacts.account_name")
+    db = duckdb_path()
+    if not db.exists():
+        raise CommandError(f"{db} does not exist yet: run `dynsync sync` first")
+    try:
+        with open_store(db, read_only=True, wait_s=10) as con:
+            chain = trace(con, table, column)
+    except StoreBusyError as exc:
+        raise CommandError(str(exc)) from None
+    if not chain:
+        raise CommandError(
+            f"{args.column} has no recorded lineage (not a synced column? see the sync_fields table)"
+        )
+    print(args.column)
+    for depth, (source_table, source_column, description) in enumerate(chain, start=1):
+        print(f"{'  ' * depth}<- {source_table}.{source_column}   {description}")
+    return 0
 
 
 # -- local edit ------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 from .client import ClientStats, DynamicsClient, Page
 from .errors import DynamicsError, ExpiredDeltaToken
 from .fields import ENTITY_SET, PRIMARY_KEY, FieldPlan, resolve_fields
+from .lineage import write_lineage
 from .merge import MergeContext, MergeCounts, apply_cycle
 from .settings import ConnectionSettings, SyncSettings
 from .stage import Progress, Stage
@@ -195,6 +196,7 @@ def _run_cycle(
                     for s in new_states.values():
                         write_reader_state(con, _with_cursor(con, s), run_id)
                 write_field_decisions(con, plan, run_id, now)
+                write_lineage(con, plan, now)
                 stats = client.stats
                 write_sync_run(
                     con,

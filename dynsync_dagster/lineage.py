@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+
+import duckdb
 
 from .fields import SYSTEM_FIELDS, FieldPlan
 from .store import BASE_COLUMNS
@@ -98,6 +101,51 @@ def column_sources(plan: FieldPlan) -> list[ColumnSource]:
                 )
             )
     return out
+
+
+def write_lineage(con: duckdb.DuckDBPyConnection, plan: FieldPlan, now: datetime) -> None:
+    """Replace the column_lineage table: one row per stored column and the column it comes from."""
+    rows = [
+        (s.table, s.column, s.source_table, s.source_column, s.description, now)
+        for s in column_sources(plan)
+    ]
+    for f in plan.synced("account"):
+        for col in ("old_value", "new_value"):
+            rows.append(
+                (
+                    "activity_log",
+                    col,
+                    "contacts",
+                    f"account_{f.name}",
+                    f"When attribute = '{f.name}': the value of contacts.account_{f.name} "
+                    f"{'before' if col == 'old_value' else 'after'} the change, as text",
+                    now,
+                )
+            )
+    con.execute("DELETE FROM column_lineage")
+    con.executemany("INSERT INTO column_lineage VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+
+def trace(con: duckdb.DuckDBPyConnection, table: str, column: str) -> list[tuple[str, str, str]]:
+    """The chain from a stored column back to its Dynamics attribute: (table, column, how)."""
+    chain: list[tuple[str, str, str]] = []
+    frontier = [(table, column)]
+    seen = set()
+    while frontier:
+        t, c = frontier.pop(0)
+        if (t, c) in seen:
+            continue
+        seen.add((t, c))
+        rows = con.execute(
+            "SELECT source_table, source_column, description FROM column_lineage "
+            "WHERE table_name = ? AND column_name = ? ORDER BY source_column",
+            [t, c],
+        ).fetchall()
+        for source_table, source_column, description in rows:
+            chain.append((source_table, source_column, description))
+            if not source_table.startswith("dynamics."):
+                frontier.append((source_table, source_column))
+    return chain
 
 
 def describe(plan: FieldPlan, table: str) -> dict[str, str]:

@@ -128,6 +128,14 @@ CREATE TABLE IF NOT EXISTS sync_runs (
     record_errors BIGINT,
     error VARCHAR
 );
+CREATE TABLE IF NOT EXISTS column_lineage (
+    table_name VARCHAR NOT NULL,
+    column_name VARCHAR NOT NULL,
+    source_table VARCHAR NOT NULL,
+    source_column VARCHAR NOT NULL,
+    description VARCHAR,
+    updated_at TIMESTAMPTZ
+);
 CREATE TABLE IF NOT EXISTS sync_errors (
     run_id VARCHAR,
     entity VARCHAR NOT NULL,

@@ -97,3 +97,19 @@ def test_validate_prints_the_checklist(sim: Simulator, tmp_path: Path) -> None:
     assert wrong.returncode == 1
     assert "[FAIL] credentials and URL" in wrong.stdout and "AADSTS" in wrong.stdout
     assert "Wr0ng-s3cret-value" not in wrong.stdout + wrong.stderr
+
+
+def test_lineage_prints_the_chain_back_to_dynamics(sim: Simulator, tmp_path: Path) -> None:
+    env = _base_env(tmp_path)
+    env.update(sim.env(flow="client_credentials"))
+    env["DYNSYNC_DUCKDB_PATH"] = str(tmp_path / "l.duckdb")
+    env["DYNSYNC_CONFIG"] = str(REPO / "dynsync.yaml")
+    assert _run(["sync"], env).returncode == 0
+    result = _run(["lineage", "contacts.account_industrycode"], env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "contacts.account_industrycode"
+    assert lines[1].strip().startswith("<- accounts.industrycode")
+    assert lines[2].strip().startswith("<- dynamics.account.industrycode")
+    missing = _run(["lineage", "contacts.account_creditonhold"], env)
+    assert missing.returncode == 2 and "no recorded lineage" in missing.stderr
