@@ -39,8 +39,18 @@ def test_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
     # Without the bench group the script must notice that dlt is missing and skip the peer.
     has_dlt = importlib.util.find_spec("dlt") is not None
     cmd = [
-        sys.executable, str(SCRIPT), "--accounts", "200", "--contacts", "2000", "--repeat", "1",
-        "--results", str(results), "--work-dir", str(tmp_path / "work"),
+        sys.executable,
+        str(SCRIPT),
+        "--accounts",
+        "200",
+        "--contacts",
+        "2000",
+        "--repeat",
+        "1",
+        "--results",
+        str(results),
+        "--work-dir",
+        str(tmp_path / "work"),
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=540)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -56,9 +66,9 @@ def test_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
         row = next((line for line in text.splitlines() if line.startswith(f"| {title} |")), None)
         assert row is not None, f"no figure row for {title!r}"
         assert "not run" not in row, row
-    peer = text[text.index("## Peer (dlt)"):text.index("## Runs")]
+    peer = text[text.index("## Peer (dlt)") : text.index("## Runs")]
     if has_dlt:
         assert "rows/s" in peer, peer
     else:
         assert "Not measured: skipped: dlt is not importable" in peer, peer
-    assert "dlt" in text[text.index("## Machine"):text.index("## Data")]
+    assert "dlt" in text[text.index("## Machine") : text.index("## Data")]
