@@ -61,6 +61,32 @@ def _formatter(attr: Attribute) -> str | None:
     return None
 
 
+def _fragment_builder(
+    attr: Attribute, ann: Annotations
+) -> tuple[dict[tuple[str, str | None], bytes], Callable[[str, str, str | None], bytes]]:
+    """Annotated lookup JSON depends only on (target id, target name), and many rows share a
+    target (contacts of one account), so it is serialised once and spliced into rows."""
+    key = attr.web_name
+    cache: dict[tuple[str, str | None], bytes] = {}
+
+    def build(target: str, value: str, name: str | None) -> bytes:
+        d: dict[str, str] = {}
+        if ann.formatted and name is not None:
+            d[f"{key}@{FORMATTED}"] = name
+        if ann.navigation_property:
+            d[f"{key}@{NAVIGATION_PROPERTY}"] = navigation_property(attr, target)
+        if ann.lookup_logical_name:
+            d[f"{key}@{LOOKUP_LOGICAL_NAME}"] = target
+        d[key] = value
+        fragment = orjson.dumps(d)[1:-1]
+        if len(cache) > 1_000_000:
+            cache.clear()  # bound memory under endless renames
+        cache[(value, name)] = fragment
+        return fragment
+
+    return cache, build
+
+
 def compile_serializer(
     org: Org, table: Table, props: list[Attribute], ann: Annotations, masked: frozenset[str]
 ) -> Callable[[list[Any]], bytes]:
@@ -87,28 +113,24 @@ def compile_serializer(
             lines.append(f"    d[{key!r}] = None")
             continue
         lines.append(f"    v = row[{slot}]")
-        if attr.is_lookup:
+        annotated = ann.formatted or ann.navigation_property or ann.lookup_logical_name
+        if attr.is_lookup and annotated:
             type_slot = slots.get(f"{attr.logical_name}type")
             target = f"row[{type_slot}]" if type_slot is not None else repr(attr.targets[0])
-            body: list[str] = []
-            if ann.formatted:
-                body += [
-                    "        n = name_of(t, v)",
-                    "        if n is not None:",
-                    f"            d[{key + '@' + FORMATTED!r}] = n",
-                ]
-            if ann.navigation_property:
-                ns[f"nav{n}"] = {t: navigation_property(attr, t) for t in attr.targets}
-                body.append(f"        d[{key + '@' + NAVIGATION_PROPERTY!r}] = nav{n}.get(t)")
-            if ann.lookup_logical_name:
-                body.append(f"        d[{key + '@' + LOOKUP_LOGICAL_NAME!r}] = t")
-            if body:
-                lines += [
-                    "    if v is not None:",
-                    f"        t = {target} or {attr.targets[0]!r}",
-                    *body,
-                ]
-        elif ann.formatted:
+            ns[f"frags{n}"], ns[f"build{n}"] = _fragment_builder(attr, ann)
+            ns[f"null{n}"] = orjson.dumps({key: None})[1:-1]
+            name = "name_of(t, v)" if ann.formatted else "None"
+            lines += [
+                "    if v is None:",
+                f"        parts.append(null{n})",
+                "    else:",
+                f"        t = {target} or {attr.targets[0]!r}",
+                f"        n = {name}",
+                f"        f = frags{n}.get((v, n))",
+                f"        parts.append(f if f is not None else build{n}(t, v, n))",
+            ]
+            continue
+        if ann.formatted:  # lookups are only here without annotations
             if attr.options:
                 # Booleans look up their 0/1 option labels too: False == 0 and True == 1 as keys.
                 ns[f"labels{n}"] = attr.option_label
@@ -122,7 +144,13 @@ def compile_serializer(
                     f"        d[{key + '@' + FORMATTED!r}] = {helper}(v)",
                 ]
         lines.append(f"    d[{key!r}] = v")
-    lines.append("    return dumps(d, option=OPT)")
+    if any(line.startswith("        parts.append") for line in lines):
+        lines.insert(2, "    parts = []")
+        # Lookup fragments go after the other properties (JSON objects are unordered; each
+        # annotation still precedes its own property).
+        lines.append('    return dumps(d, option=OPT)[:-1] + b"," + b",".join(parts) + b"}"')
+    else:
+        lines.append("    return dumps(d, option=OPT)")
     exec(compile("\n".join(lines), f"<serializer {table.name}>", "exec"), ns)
     return ns["serialize"]
 
