@@ -258,4 +258,10 @@ def _excluded_markdown(plan: FieldPlan) -> str:
 
 @dg.definitions
 def assets() -> dg.Definitions:
-    return dg.Definitions(assets=[dynamics_accounts, dynamics_contacts, dynamics_sync])
+    return dg.Definitions(
+        assets=[
+            dynamics_accounts,
+            dynamics_contacts,
+            *dg.with_source_code_references([dynamics_sync]),
+        ]
+    )
