@@ -123,7 +123,7 @@ class _View:
 class EntityQueries:
     """Serves entity-set requests; owns the per-shape row caches and per-query id lists."""
 
-    def __init__(self, org: Org, max_shapes: int = 6, max_views: int = 16) -> None:
+    def __init__(self, org: Org, max_shapes: int = 4, max_views: int = 16) -> None:
         self.org = org
         self._shapes: OrderedDict[tuple, RowCache] = OrderedDict()
         self._views: OrderedDict[tuple, _View] = OrderedDict()
