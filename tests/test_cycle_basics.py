@@ -38,13 +38,17 @@ def test_full_sync_counts_and_values_equal_the_simulator(harness: Harness) -> No
 def test_contacts_carry_their_accounts_fields(harness: Harness) -> None:
     org = harness.sim.org
     harness.cycle()
+    stored = {
+        r[0]: r[1:]
+        for r in harness.rows(
+            "SELECT CAST(contactid AS VARCHAR), CAST(accountid AS VARCHAR), account_name, "
+            "account_industrycode, account_industrycode_label, firstname FROM contacts"
+        )
+    }
+    assert len(stored) == len(org.contact_ids())
     for contact_id in org.contact_ids():
         c = org.get_contact(contact_id)
-        row = harness.rows(
-            "SELECT CAST(accountid AS VARCHAR), account_name, account_industrycode, "
-            "account_industrycode_label, firstname FROM contacts WHERE contactid = ?",
-            [contact_id],
-        )[0]
+        row = stored[contact_id]
         assert row[4] == c["firstname"]
         if c["parentcustomeridtype"] == "account":
             account = org.get_account(c["parentcustomerid"])
