@@ -20,7 +20,7 @@ from .fields import ENTITY_SET, PRIMARY_KEY, FieldPlan, resolve_fields
 from .lineage import write_lineage
 from .merge import MergeContext, MergeCounts, apply_cycle
 from .settings import ConnectionSettings, SyncSettings
-from .stage import Progress, Stage
+from .stage import ANNOTATIONS, Progress, Stage
 from .state import (
     ReaderState,
     previously_synced_fields,
@@ -281,7 +281,11 @@ def _fetch_entity(
             stage,
             entity,
             client.iter_pages(
-                entity_set, select=select, filter=window, orderby=f"modifiedon asc,{key} asc"
+                entity_set,
+                select=select,
+                filter=window,
+                orderby=f"modifiedon asc,{key} asc",
+                annotations=ANNOTATIONS,
             ),
         )
         return None, "window"
@@ -301,7 +305,9 @@ def _fetch_entity(
                 _drain(
                     stage,
                     entity,
-                    client.iter_link(resumed.resume_link, track_changes=tracking),
+                    client.iter_link(
+                        resumed.resume_link, track_changes=tracking, annotations=ANNOTATIONS
+                    ),
                     checkpoint=(resumed.mode, select_list),
                 )
                 done = True
@@ -320,7 +326,11 @@ def _fetch_entity(
     mode = "full"
     if tracking and not fresh and state is not None and state.delta_link:
         try:
-            link = _drain(stage, entity, client.iter_link(state.delta_link, track_changes=True))
+            link = _drain(
+                stage,
+                entity,
+                client.iter_link(state.delta_link, track_changes=True, annotations=ANNOTATIONS),
+            )
             return ReaderState(
                 entity, "delta", link or state.delta_link, select_list, None, now
             ), "delta"
@@ -338,15 +348,18 @@ def _fetch_entity(
                 select=select,
                 filter=f"modifiedon ge {odata_time(since)}",
                 orderby=f"modifiedon asc,{key} asc",
+                annotations=ANNOTATIONS,
             ),
         )
         return ReaderState(
             entity, "cursor", None, select_list, state.cursor_modifiedon, now
         ), "cursor"
     pages = (
-        client.iter_pages(entity_set, select=select, track_changes=True)
+        client.iter_pages(entity_set, select=select, track_changes=True, annotations=ANNOTATIONS)
         if tracking
-        else client.iter_pages(entity_set, select=select, orderby=f"{key} asc")
+        else client.iter_pages(
+            entity_set, select=select, orderby=f"{key} asc", annotations=ANNOTATIONS
+        )
     )
     link = _drain(stage, entity, pages, checkpoint=(mode, select_list))
     return _after_full(entity, link if tracking else None, select_list, now), mode
