@@ -1,0 +1,118 @@
+"""A fork server for the crash tests: import dynsync once, run each cycle in a forked child.
+
+The test writes one JSON job per line on stdin; for each, this process forks a child that runs
+one real cycle (`run_cycle`) and prints progress markers, and the test SIGKILLs the child at a
+seeded point. Forking from a warm process makes a kill round cost milliseconds of start-up
+instead of seconds of imports. Output lines (stdout, flushed):
+
+    ZYGOTE READY            imports done, waiting for jobs
+    STARTED <pid>           a child is running the job
+    <pid> READY|FETCH <entity>|WRITE|MERGED|DONE    the child's progress
+    EXIT <pid> <status>     the child ended (status as from os.waitpid)
+
+The child slows itself at chosen places (a pause before staging each page, a pause inside the
+write transaction after the merge) so that kills land in every phase of a cycle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from typing import Any
+
+
+def _preload() -> None:
+    # Everything a cycle imports lazily, so forked children start warm.
+    import duckdb  # noqa: F401
+    import msal  # noqa: F401
+    import pandas  # noqa: F401
+    import pyarrow  # noqa: F401
+    import requests  # noqa: F401
+
+    import dynsync_dagster.cycle  # noqa: F401
+
+
+def _emit(line: str) -> None:
+    # One write(2) per line: the fork server and its child share the pipe, and a line split
+    # over two writes could interleave with the other process's output.
+    os.write(1, (line + "\n").encode())
+
+
+def _mark(text: str) -> None:
+    _emit(f"{os.getpid()} {text}")
+
+
+def _instrument(page_pause_s: float, write_pause_s: float) -> None:
+    """Markers and pauses around the stage's page writes and the store's merge."""
+    import dynsync_dagster.cycle as cycle_module
+    from dynsync_dagster.stage import Stage
+
+    add_rows = Stage.add_rows
+
+    def paced_add_rows(self: Stage, entity: str, rows: list[dict[str, Any]]) -> None:
+        _mark(f"FETCH {entity}")
+        time.sleep(page_pause_s)
+        add_rows(self, entity, rows)
+
+    Stage.add_rows = paced_add_rows  # type: ignore[method-assign]
+
+    apply_cycle = cycle_module.apply_cycle
+
+    def paced_apply_cycle(con: Any, ctx: Any) -> Any:
+        _mark("WRITE")
+        counts = apply_cycle(con, ctx)
+        _mark("MERGED")
+        time.sleep(write_pause_s)  # still inside the cycle's open transaction
+        return counts
+
+    cycle_module.apply_cycle = paced_apply_cycle  # type: ignore[assignment]
+
+
+def _run(job: dict[str, Any]) -> int:
+    from pathlib import Path
+
+    from dynsync_dagster.cycle import CycleOptions, run_cycle
+    from dynsync_dagster.settings import ConnectionSettings, SyncSettings
+
+    _instrument(job.get("page_pause_s", 0.03), job.get("write_pause_s", 0.3))
+    conn = ConnectionSettings.from_env(job["env"])
+    settings = SyncSettings(
+        tuple(job["account_fields"]), tuple(job["contact_fields"]), job.get("limit", 5000)
+    )
+    _mark("READY")
+    run_cycle(conn, settings, Path(job["db"]), CycleOptions(trigger="crash-test"))
+    _mark("DONE")
+    return 0
+
+
+def main() -> int:
+    _preload()
+    _emit("ZYGOTE READY")
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        job = json.loads(line)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = _run(job)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _emit(f"STARTED {pid}")
+        _, status = os.waitpid(pid, 0)
+        _emit(f"EXIT {pid} {status}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
