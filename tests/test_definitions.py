@@ -61,3 +61,20 @@ def test_schedule_skips_while_a_sync_is_in_flight(monkeypatch, definitions) -> N
         decision = every_five_minutes(ctx)
         assert isinstance(decision, dg.SkipReason)
         assert run.run_id[:8] in decision.skip_message
+
+
+def test_dagster_and_dg_validate_the_project_from_the_root(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    bindir = Path(sys.executable).parent
+    for cmd in (
+        [str(bindir / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        [str(bindir / "dg"), "check", "defs"],
+    ):
+        done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, (cmd, done.stdout[-2000:], done.stderr[-2000:])
