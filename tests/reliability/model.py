@@ -1,0 +1,326 @@
+"""A small reference model of SPEC.md's rules, written from the spec, not from merge.py.
+
+It holds what the DuckDB store should contain and moves it forward the way the spec says:
+`cycle(snapshot, ...)` with what Dynamics holds when a cycle succeeds, `local_edit(...)` for
+`dynsync set-account-field`. Values are kept as the text DuckDB shows for them
+(`CAST(x AS VARCHAR)`), which is also the text of the activity log's old and new values.
+
+Where the spec leaves a choice open, the model takes this reading (and says so here):
+- a contact that leaves its account for none logs its changes against the account it left;
+- a field newly added to the selection fills every record without activity (first values);
+- a contact that moves logs its changes even when its new account is over the contact limit
+  (the limit is about an account's fields changing in Dynamics, rule 7);
+- a local edit logs only contacts whose value it actually changes;
+- a local edit is overwritten only by a Dynamics update made after it (modifiedon has second
+  precision, so the soak never edits an account in the same second Dynamics changed it);
+- a deleted record keeps its row, flagged; only its key, flag and account are compared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from dynsync_dagster.simulator import Org
+
+SYNC = "Dynamics sync"
+LOCAL = "Local update"
+
+# How each field the soak may select is stored: its kind decides columns and text.
+ACCOUNT_KINDS = {
+    "name": "text",
+    "accountnumber": "text",
+    "address1_city": "text",
+    "description": "text",
+    "numberofemployees": "int",
+    "industrycode": "choice",
+    "revenue": "money",
+    "creditlimit": "money",
+    "parentaccountid": "lookup",
+}
+CONTACT_KINDS = {
+    "firstname": "text",
+    "lastname": "text",
+    "emailaddress1": "text",
+    "jobtitle": "text",
+}
+
+
+class LocalEditRefused(Exception):
+    """The model expects `set_account_field` to refuse this edit and change nothing."""
+
+
+def as_text(kind: str, value: Any) -> str | None:
+    """A Dynamics value as the text DuckDB shows for its stored column."""
+    if value is None:
+        return None
+    if kind == "money":
+        return str(Decimal(repr(float(value))).quantize(Decimal("0.0001")))
+    if kind in ("int", "choice"):
+        return str(int(value))
+    if kind == "lookup":
+        return str(value).lower()
+    return str(value)
+
+
+def columns(name: str, kind: str, value: Any, labels: Mapping[int, str]) -> dict[str, str | None]:
+    """The column(s) one field occupies: choices keep a label, lookups the table they name."""
+    out = {name: as_text(kind, value)}
+    if kind == "choice":
+        out[f"{name}_label"] = None if value is None else labels.get(int(value))
+    if kind == "lookup":
+        out[f"{name}_type"] = None if value is None else "account"
+    return out
+
+
+@dataclass(frozen=True)
+class DynamicsAccount:
+    version: int
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DynamicsContact:
+    version: int
+    accountid: str | None  # the parent customer when it is an account
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What Dynamics holds, as the simulator reports it."""
+
+    accounts: dict[str, DynamicsAccount]
+    contacts: dict[str, DynamicsContact]
+
+    @classmethod
+    def of(cls, org: Org) -> Snapshot:
+        accounts = {}
+        for aid in org.account_ids():
+            row = org.get_account(aid)
+            values = {f: row.get(f) for f in ACCOUNT_KINDS}
+            accounts[aid] = DynamicsAccount(int(row["versionnumber"]), values)
+        contacts = {}
+        for cid in org.contact_ids():
+            row = org.get_contact(cid)
+            parent = row.get("parentcustomerid")
+            account = parent if row.get("parentcustomeridtype") == "account" else None
+            values = {f: row.get(f) for f in CONTACT_KINDS}
+            contacts[cid] = DynamicsContact(int(row["versionnumber"]), account, values)
+        return cls(accounts, contacts)
+
+
+@dataclass
+class StoredAccount:
+    version: int
+    values: dict[str, str | None]  # column -> text, Dynamics' values (never local edits)
+    deleted: bool = False
+
+
+@dataclass
+class StoredContact:
+    version: int
+    accountid: str | None
+    values: dict[str, str | None]  # own columns
+    account_values: dict[str, str | None]  # account column (without `account_`) -> text
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class PendingEdit:
+    value: str | None
+    label: str | None
+    dynamics_version: int  # the account's version in Dynamics when the edit was made
+
+
+@dataclass
+class Model:
+    """The store as SPEC.md says it must be."""
+
+    labels: Mapping[int, str]  # industrycode options
+    contact_limit: int
+    account_fields: tuple[str, ...] = ()  # synced now (selected and readable)
+    contact_fields: tuple[str, ...] = ()
+    accounts: dict[str, StoredAccount] = field(default_factory=dict)
+    contacts: dict[str, StoredContact] = field(default_factory=dict)
+    edits: dict[tuple[str, str], PendingEdit] = field(default_factory=dict)
+    activity: list[tuple] = field(default_factory=list)
+    suppressed: int = 0  # rows the contact limit kept out of the log (rule 7)
+
+    # ---- columns ----------------------------------------------------------------------------
+
+    def account_columns(self, values: Mapping[str, Any], fields: Iterable[str]) -> dict:
+        out: dict[str, str | None] = {}
+        for f in fields:
+            out.update(columns(f, ACCOUNT_KINDS[f], values.get(f), self.labels))
+        return out
+
+    def contact_columns(self, values: Mapping[str, Any], fields: Iterable[str]) -> dict:
+        out: dict[str, str | None] = {}
+        for f in fields:
+            out.update(columns(f, CONTACT_KINDS[f], values.get(f), self.labels))
+        return out
+
+    def effective(self, accountid: str | None) -> dict[str, str | None]:
+        """Rule 4 and 5: the account's values as its contacts carry them, local edits on top."""
+        empty = self.account_columns({}, self.account_fields)
+        account = self.accounts.get(accountid) if accountid else None
+        if account is None:
+            return empty
+        values = {c: account.values.get(c) for c in empty}
+        for f in self.account_fields:
+            edit = self.edits.get((accountid, f))
+            if edit is not None:
+                values[f] = edit.value
+                if ACCOUNT_KINDS[f] == "choice":
+                    values[f"{f}_label"] = edit.label
+        return values
+
+    # ---- a successful cycle -----------------------------------------------------------------
+
+    def cycle(
+        self,
+        dynamics: Snapshot,
+        account_fields: tuple[str, ...],
+        contact_fields: tuple[str, ...],
+        *,
+        sees_deletes: bool = True,
+    ) -> None:
+        """Bring the store to what Dynamics holds, logging what the rules say to log.
+
+        A backfill window re-reads the records that exist but cannot see deletions
+        (`sees_deletes=False`); the next regular cycle flags them.
+        """
+        fresh = set(account_fields) - set(self.account_fields)  # first values, no activity
+        self.account_fields, self.contact_fields = account_fields, contact_fields
+
+        # Accounts (rules 1, 3, 5): a higher versionnumber is an update; the same one is not.
+        updated: set[str] = set()
+        for aid, dyn in dynamics.accounts.items():
+            values = self.account_columns(dyn.values, account_fields)
+            stored = self.accounts.get(aid)
+            if stored is None:
+                self.accounts[aid] = StoredAccount(dyn.version, values)
+                continue
+            if dyn.version > stored.version:
+                updated.add(aid)
+            stored.version, stored.values = dyn.version, values
+        for aid, stored in self.accounts.items():
+            if aid not in dynamics.accounts and sees_deletes:
+                stored.deleted = True
+
+        # Rule 5: Dynamics speaking after a local edit overwrites it.
+        for (aid, f), edit in list(self.edits.items()):
+            dyn = dynamics.accounts.get(aid)
+            if dyn is not None and dyn.version > edit.dynamics_version:
+                del self.edits[(aid, f)]
+
+        # Contacts (rules 4, 6, 7).
+        members: dict[str, int] = {}
+        for dyn in dynamics.contacts.values():
+            if dyn.accountid is not None:
+                members[dyn.accountid] = members.get(dyn.accountid, 0) + 1
+        for cid, dyn in dynamics.contacts.items():
+            own = self.contact_columns(dyn.values, contact_fields)
+            new_values = self.effective(dyn.accountid)
+            stored = self.contacts.get(cid)
+            if stored is None:  # a new record takes its first values: not a change
+                self.contacts[cid] = StoredContact(dyn.version, dyn.accountid, own, new_values)
+                continue
+            moved = dyn.accountid != stored.accountid
+            left = stored.accountid
+            stored.version, stored.accountid, stored.values = dyn.version, dyn.accountid, own
+            for f in account_fields:
+                old, new = stored.account_values.get(f), new_values[f]
+                if f in fresh or old == new:
+                    continue
+                suppressed = (
+                    not moved
+                    and dyn.accountid in updated
+                    and members.get(dyn.accountid, 0) > self.contact_limit
+                )
+                if suppressed:
+                    self.suppressed += 1
+                else:
+                    self.activity.append((cid, dyn.accountid or left, f, old, new, SYNC))
+            stored.account_values = new_values
+        for cid, stored in self.contacts.items():
+            if cid not in dynamics.contacts and sees_deletes:
+                stored.deleted = True
+
+    # ---- a local edit -------------------------------------------------------------------------
+
+    def local_edit(
+        self, contact_id: str, field_name: str, value: str | None, dynamics_version: int
+    ) -> int:
+        """Rule 5 and 6: the edit on every contact of the account; returns rows logged."""
+        contact = self.contacts.get(contact_id)
+        if contact is None or contact.deleted or contact.accountid is None:
+            raise LocalEditRefused(f"contact {contact_id} has no account in the store")
+        if field_name not in self.account_fields:
+            raise LocalEditRefused(f"{field_name} is not a synced account field")
+        kind = ACCOUNT_KINDS[field_name]
+        text = _typed_text(kind, value)
+        label = None
+        if kind == "choice" and text is not None:
+            if int(text) not in self.labels:
+                raise LocalEditRefused(f"{value} is not an option of {field_name}")
+            label = self.labels[int(text)]
+        aid = contact.accountid
+        logged = 0
+        for cid, other in self.contacts.items():
+            if other.accountid != aid or other.deleted:
+                continue
+            old = other.account_values.get(field_name)
+            if old != text:
+                self.activity.append((cid, aid, field_name, old, text, LOCAL))
+                logged += 1
+            other.account_values[field_name] = text
+            if kind == "choice":
+                other.account_values[f"{field_name}_label"] = label
+        self.edits[(aid, field_name)] = PendingEdit(text, label, dynamics_version)
+        return logged
+
+    # ---- what to compare ------------------------------------------------------------------------
+
+    def expected_accounts(self) -> dict[str, tuple]:
+        cols = list(self.account_columns({}, self.account_fields))
+        out = {}
+        for aid, a in self.accounts.items():
+            if a.deleted:
+                out[aid] = (True,)
+            else:
+                out[aid] = (False, str(a.version), *(a.values.get(c) for c in cols))
+        return out
+
+    def expected_contacts(self) -> dict[str, tuple]:
+        own = list(self.contact_columns({}, self.contact_fields))
+        acc = list(self.account_columns({}, self.account_fields))
+        out = {}
+        for cid, c in self.contacts.items():
+            if c.deleted:
+                out[cid] = (True, c.accountid)
+            else:
+                out[cid] = (
+                    False,
+                    c.accountid,
+                    *(c.values.get(k) for k in own),
+                    *(c.account_values.get(k) for k in acc),
+                )
+        return out
+
+
+def _typed_text(kind: str, value: str | None) -> str | None:
+    """The text DuckDB shows after casting an edit's value to the column type."""
+    if value is None:
+        return None
+    try:
+        if kind in ("int", "choice"):
+            return str(int(value.strip()))
+        if kind == "money":
+            return str(Decimal(value.strip()).quantize(Decimal("0.0001")))
+    except (ValueError, InvalidOperation):
+        raise LocalEditRefused(f"{value!r} is not a valid {kind}") from None
+    return value

@@ -1,0 +1,539 @@
+"""The model-based soak: seeded random cycles, Dynamics changes, local edits and faults.
+
+After every cycle the DuckDB store must equal what the reference model (model.py) predicts:
+accounts, contacts with their account values, and the activity log row for row.
+
+    uv run python -m tests.reliability.soak --cycles 200 --seed 1
+    uv run python -m tests.reliability.soak --cycles 200 --seed 1 --write-results
+
+`--write-results` rewrites tests/reliability/SOAK_RESULTS.md with this run's outcome.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import random
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dynsync_dagster.cycle import CycleOptions, run_cycle
+from dynsync_dagster.errors import DynamicsError
+from dynsync_dagster.local_edit import LocalEditError, set_account_field
+from dynsync_dagster.settings import ConnectionSettings, SyncSettings
+from dynsync_dagster.simulator import DatasetSpec, Simulator
+from dynsync_dagster.simulator.schema import INDUSTRY_OPTIONS
+from dynsync_dagster.store import open_store
+
+from .model import ACCOUNT_KINDS, CONTACT_KINDS, LocalEditRefused, Model, Snapshot
+from .support import Sleeps, fast_client
+
+RESULTS = Path(__file__).with_name("SOAK_RESULTS.md")
+CONTACT_LIMIT = 6
+
+# Always selected (and the only ones edited locally); the optional ones come and go.
+FIXED_ACCOUNT = ("name", "numberofemployees", "industrycode", "revenue")
+OPTIONAL_ACCOUNT = ("accountnumber", "address1_city", "description", "parentaccountid")
+FIXED_CONTACT = ("firstname", "lastname")
+OPTIONAL_CONTACT = ("emailaddress1", "jobtitle")
+
+NAMES = (
+    "Contoso",
+    "O'Brien & Co",
+    'Quote "Q" Ltd',
+    "Zürich AG 🚀",
+    "back\\slash",
+    "'); DROP TABLE accounts; --",
+    "漢字 株式会社",
+)
+EVERYTHING = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+CITIES = ("Amsterdam", "München", "Gent", "Zürich", "Kraków", None)
+
+
+class SoakMismatch(AssertionError):
+    """The store and the model disagree (or a cycle did not end as its faults say it must)."""
+
+
+@dataclass
+class Selection:
+    """Which fields the settings select, and whether the sync user may read creditlimit."""
+
+    account: set[str] = field(default_factory=lambda: set(OPTIONAL_ACCOUNT))
+    contact: set[str] = field(default_factory=lambda: set(OPTIONAL_CONTACT))
+    creditlimit_readable: bool = True
+
+    def settings(self) -> SyncSettings:
+        account = [*FIXED_ACCOUNT, *sorted(self.account), "creditlimit"]
+        contact = [*FIXED_CONTACT, *sorted(self.contact)]
+        return SyncSettings(tuple(account), tuple(contact), CONTACT_LIMIT)
+
+    def synced_account(self) -> tuple[str, ...]:
+        fields = [*FIXED_ACCOUNT, *sorted(self.account)]
+        if self.creditlimit_readable:
+            fields.append("creditlimit")
+        return tuple(fields)
+
+    def synced_contact(self) -> tuple[str, ...]:
+        return (*FIXED_CONTACT, *sorted(self.contact))
+
+
+@dataclass
+class SoakReport:
+    seed: int
+    cycles: int
+    succeeded: int = 0
+    failed_as_expected: int = 0
+    faults: Counter = field(default_factory=Counter)
+    changes: Counter = field(default_factory=Counter)
+    edits: Counter = field(default_factory=Counter)
+    selection_changes: int = 0
+    backfills: int = 0
+    activity_rows: Counter = field(default_factory=Counter)
+    suppressed_rows: int = 0
+    seconds: float = 0.0
+
+
+# ---- random Dynamics changes ---------------------------------------------------------------------
+
+
+def _account_value(name: str, rng: random.Random, accounts: list[str]) -> Any:
+    if rng.random() < 0.1:
+        return None
+    if name == "name":
+        return f"{rng.choice(NAMES)} {rng.randrange(1000)}"
+    if name == "accountnumber":
+        return f"ACC-{rng.randrange(10**5)}"
+    if name == "address1_city":
+        return rng.choice(CITIES)
+    if name == "description":
+        return "Ünïcödé “text” 'quoted' \\ 🙂\n" * rng.choice((1, 3, 80))
+    if name == "numberofemployees":
+        return rng.randrange(0, 100_000)
+    if name == "industrycode":
+        return rng.choice(INDUSTRY_OPTIONS)[0]
+    if name in ("revenue", "creditlimit"):
+        return float(rng.randrange(0, 10**7)) + rng.choice((0, 0.5, 0.25, 0.01))
+    if name == "parentaccountid":
+        return rng.choice(accounts)
+    raise ValueError(name)
+
+
+def _contact_values(rng: random.Random) -> dict[str, Any]:
+    return {
+        "firstname": rng.choice(("Anna", "Zoë", "O'Neil", None, "Jürgen")),
+        "lastname": f"{rng.choice(('Smith', 'de Vries', 'Nguyễn', 'Ω'))} {rng.randrange(1000)}",
+        "emailaddress1": rng.choice((None, f"p{rng.randrange(1000)}@example.com")),
+        "jobtitle": rng.choice((None, "CEO", "Buyer", "'; --")),
+    }
+
+
+def dynamics_change(sim: Simulator, rng: random.Random) -> str:
+    """One random change in Dynamics; returns its kind."""
+    org = sim.org
+    accounts, contacts = org.account_ids(), org.contact_ids()
+    kind = rng.choices(
+        ("update_account", "touch_account", "create_account", "create_contact",
+         "update_contact", "reparent_contact", "delete_contact", "delete_account", "merge"),
+        weights=(8, 1, 1, 2, 2, 3, 1, 0.5, 0.5),
+    )[0]  # fmt: skip
+    if len(accounts) < 6 and kind in ("delete_account", "merge"):
+        kind = "create_account"
+    if not contacts and kind in ("update_contact", "reparent_contact", "delete_contact"):
+        kind = "create_contact"
+    if kind == "update_account":
+        aid = rng.choice(accounts)
+        names = rng.sample(sorted(ACCOUNT_KINDS), rng.randint(1, 3))
+        others = [a for a in accounts if a != aid]
+        org.update_account(aid, **{n: _account_value(n, rng, others) for n in names})
+    elif kind == "touch_account":
+        org.touch_account(rng.choice(accounts))
+    elif kind == "create_account":
+        values = {n: _account_value(n, rng, accounts) for n in ("name", "industrycode", "revenue")}
+        org.create_account(**values)
+    elif kind == "create_contact":
+        parent, parent_type = _parent(rng, accounts, contacts)
+        org.create_contact(parent, parent_type, **_contact_values(rng))
+    elif kind == "update_contact":
+        values = _contact_values(rng)
+        names = rng.sample(sorted(values), rng.randint(1, 2))
+        org.update_contact(rng.choice(contacts), **{n: values[n] for n in names})
+    elif kind == "reparent_contact":
+        cid = rng.choice(contacts)
+        parent, parent_type = _parent(rng, accounts, [c for c in contacts if c != cid])
+        org.reparent_contact(cid, parent, parent_type)
+    elif kind == "delete_contact":
+        org.delete_contact(rng.choice(contacts))
+    elif kind == "delete_account":
+        org.delete_account(rng.choice(accounts))
+    else:
+        target, subordinate = rng.sample(accounts, 2)
+        org.merge_accounts(target, subordinate)
+    return kind
+
+
+def _parent(
+    rng: random.Random, accounts: list[str], contacts: list[str]
+) -> tuple[str | None, str | None]:
+    roll = rng.random()
+    if roll < 0.1:
+        return None, None
+    if roll < 0.15 and contacts:
+        return rng.choice(contacts), "contact"
+    return rng.choice(accounts), "account"
+
+
+# ---- faults ------------------------------------------------------------------------------------
+
+PATHS = ("/contacts", "/accounts", "/api/data/", "EntityDefinitions")
+
+
+def arm_fault(sim: Simulator, rng: random.Random) -> tuple[str, bool]:
+    """Arm a random fault; returns its name and whether the cycle must still succeed."""
+    faults = sim.faults
+    path = rng.choice(PATHS)
+    kind = rng.choices(
+        ("none", "429", "5xx", "drop", "malformed", "401 once", "expired delta",
+         "429 storm", "503 storm", "401 always", "malformed storm"),
+        weights=(40, 8, 8, 5, 5, 5, 5, 3, 2, 2, 2),
+    )[0]  # fmt: skip
+    after = rng.randint(0, 2)
+    if kind == "429":
+        faults.inject(
+            "429", times=1, path_contains=path, after=after, retry_after=rng.randint(0, 5)
+        )
+    elif kind == "5xx":
+        code = rng.choice(("500", "502", "503", "504"))
+        faults.inject(code, times=rng.randint(1, 2), path_contains=path, after=after, retry_after=0)
+        kind = code
+    elif kind in ("drop", "malformed"):
+        faults.inject(kind, times=1, path_contains=path, after=after)
+    elif kind == "401 once":
+        faults.inject("401", times=1, path_contains=path, after=after)
+    elif kind == "expired delta":
+        sim.org.expire_delta_tokens()
+    elif kind == "429 storm":
+        faults.inject("429", times=None, path_contains=path, retry_after=20)
+    elif kind == "503 storm":
+        faults.inject("503", times=None, path_contains=path, retry_after=0)
+    elif kind == "401 always":
+        faults.inject("401", times=None, path_contains=path)
+    elif kind == "malformed storm":
+        faults.inject("malformed", times=None, path_contains=path)
+    return kind, "storm" not in kind and kind != "401 always"
+
+
+# ---- comparing the store with the model -------------------------------------------------------------
+
+
+def compare(db: Path, model: Model) -> list[str]:
+    """Differences between the store and the model's prediction (empty: they agree)."""
+    if not db.exists():
+        empty = not model.accounts and not model.contacts and not model.activity
+        return [] if empty else ["the store does not exist"]
+    problems: list[str] = []
+    acc_cols = list(model.account_columns({}, model.account_fields))
+    own_cols = list(model.contact_columns({}, model.contact_fields))
+    every_account = model.account_columns({}, ACCOUNT_KINDS)
+    every_contact = model.contact_columns({}, CONTACT_KINDS)
+    with open_store(db, read_only=True, wait_s=30) as con:
+        have = {
+            t: set(con.sql(f"SELECT * FROM {t} LIMIT 0").columns) for t in ("accounts", "contacts")
+        }
+        problems += _columns("accounts", have["accounts"], acc_cols, every_account)
+        problems += _columns(
+            "contacts",
+            have["contacts"],
+            [*own_cols, *(f"account_{c}" for c in acc_cols)],
+            [*every_contact, *(f"account_{c}" for c in every_account)],
+        )
+        if problems:
+            return problems
+        select = "".join(f', CAST("{c}" AS VARCHAR)' for c in acc_cols)
+        got = {
+            r[0]: (True,) if r[1] else (False, *r[2:])
+            for r in con.execute(
+                "SELECT CAST(accountid AS VARCHAR), is_deleted, CAST(versionnumber AS VARCHAR)"
+                f"{select} FROM accounts"
+            ).fetchall()
+        }
+        problems += _rows("accounts", got, model.expected_accounts(), ["versionnumber", *acc_cols])
+        select = "".join(f', CAST("{c}" AS VARCHAR)' for c in own_cols)
+        select += "".join(f', CAST("account_{c}" AS VARCHAR)' for c in acc_cols)
+        got = {
+            r[0]: (True, r[2]) if r[1] else (False, *r[2:])
+            for r in con.execute(
+                "SELECT CAST(contactid AS VARCHAR), is_deleted, CAST(accountid AS VARCHAR)"
+                f"{select} FROM contacts"
+            ).fetchall()
+        }
+        names = ["accountid", *own_cols, *(f"account_{c}" for c in acc_cols)]
+        problems += _rows("contacts", got, model.expected_contacts(), names)
+        logged = Counter(
+            con.execute(
+                "SELECT CAST(contactid AS VARCHAR), CAST(accountid AS VARCHAR), attribute, "
+                "old_value, new_value, source FROM activity_log"
+            ).fetchall()
+        )
+    expected = Counter(model.activity)
+    for row, n in (logged - expected).items():
+        problems.append(f"activity_log: unexpected {n}x {row}")
+    for row, n in (expected - logged).items():
+        problems.append(f"activity_log: missing {n}x {row}")
+    return problems
+
+
+def _columns(table: str, have: set[str], want: list[str], possible: list[str]) -> list[str]:
+    out = [f"{table}: column {c} is missing" for c in want if c not in have]
+    out += [
+        f"{table}: column {c} is there but the field is not synced"
+        for c in possible
+        if c in have and c not in want
+    ]
+    return out
+
+
+def _rows(table: str, got: dict, want: dict, names: list[str]) -> list[str]:
+    out = []
+    for key in sorted(set(got) | set(want)):
+        if key not in got:
+            out.append(f"{table}: {key} missing, expected {want[key]}")
+        elif key not in want:
+            out.append(f"{table}: {key} unexpected: {got[key]}")
+        elif got[key] != want[key]:
+            g, w = got[key], want[key]
+            if g[0] != w[0] or len(g) != len(w):
+                out.append(f"{table}: {key} is {g}, expected {w}")
+                continue
+            diffs = [
+                f"{names[i - 1]}: {g[i]!r} != expected {w[i]!r}"
+                for i in range(1, len(g))
+                if g[i] != w[i]
+            ]
+            out.append(f"{table}: {key}: " + "; ".join(diffs))
+    return out
+
+
+# ---- the soak ------------------------------------------------------------------------------------
+
+
+def _wait_for_next_second_after(modifiedon: datetime | None) -> None:
+    """An edit and a Dynamics update of the same account in the same second cannot be ordered
+    (modifiedon has second precision): step past the account's last modifiedon first."""
+    if modifiedon is None:
+        return
+    while datetime.now(UTC).replace(microsecond=0) <= modifiedon:
+        time.sleep(0.05)
+
+
+def local_edits(
+    sim: Simulator, db: Path, model: Model, rng: random.Random, report: SoakReport
+) -> list[str]:
+    """0-2 random local edits, each checked against what the model expects."""
+    problems: list[str] = []
+    if not model.contacts:
+        return problems
+    live = sorted(c for c, s in model.contacts.items() if s.accountid and not s.deleted)
+    for _ in range(rng.choice((0, 0, 1, 1, 2))):
+        # Mostly contacts the edit can reach; now and then one it must refuse.
+        pool = live if live and rng.random() < 0.85 else sorted(model.contacts)
+        contact = rng.choice(pool)
+        name = rng.choice(FIXED_ACCOUNT)
+        value: str | None = {
+            "name": rng.choice(NAMES),
+            "numberofemployees": str(rng.randrange(0, 10**6)),
+            "industrycode": str(rng.choice((*[o for o, _ in INDUSTRY_OPTIONS[:5]], 999))),
+            "revenue": f"{rng.randrange(10**6)}.{rng.randrange(100):02d}",
+        }[name]
+        if rng.random() < 0.1:
+            value = None
+        account = model.contacts[contact].accountid
+        dynamics_version = 2**62  # deleted in Dynamics: nothing can overwrite it any more
+        if account is not None and account in sim.org.account_ids():
+            row = sim.org.get_account(account)
+            _wait_for_next_second_after(row["modifiedon"])
+            dynamics_version = int(row["versionnumber"])
+        try:
+            model.local_edit(contact, name, value, dynamics_version)
+            expected = None
+        except LocalEditRefused as exc:
+            expected = exc
+        try:
+            set_account_field(db, contact, name, value)
+            refused = None
+        except LocalEditError as exc:
+            refused = exc
+        if (expected is None) != (refused is None):
+            problems.append(
+                f"local edit {contact} {name}={value!r}: model expected "
+                f"{'refusal: ' + str(expected) if expected else 'success'}, got "
+                f"{'refusal: ' + str(refused) if refused else 'success'}"
+            )
+        report.edits["refused" if refused else "made"] += 1
+    return problems
+
+
+def change_selection(
+    sim: Simulator, selection: Selection, rng: random.Random, report: SoakReport
+) -> None:
+    if rng.random() >= 0.07:
+        return
+    report.selection_changes += 1
+    roll = rng.random()
+    if roll < 0.2:
+        selection.creditlimit_readable = not selection.creditlimit_readable
+        sim.org.set_secured_readable("account", "creditlimit", selection.creditlimit_readable)
+    elif roll < 0.7:
+        selection.account ^= {rng.choice(OPTIONAL_ACCOUNT)}
+    else:
+        selection.contact ^= {rng.choice(OPTIONAL_CONTACT)}
+
+
+def run_soak(
+    cycles: int, seed: int, workdir: Path, log: Callable[[str], None] = lambda _: None
+) -> SoakReport:
+    """Run the soak; raises SoakMismatch at the first cycle where store and model disagree."""
+    rng = random.Random(seed)
+    report = SoakReport(seed=seed, cycles=cycles)
+    started = time.monotonic()
+    spec = DatasetSpec(
+        accounts=10,
+        contacts=52,
+        sized_accounts=(8, CONTACT_LIMIT, CONTACT_LIMIT - 1),
+        orphan_contacts=3,
+        contact_parented_contacts=2,
+        seed=seed,
+    )
+    db = workdir / "store" / "dynsync.duckdb"
+    model = Model(labels=dict(INDUSTRY_OPTIONS), contact_limit=CONTACT_LIMIT)
+    selection = Selection()
+    history: list[str] = []
+    last_fields = ""
+    with Simulator(spec, state_dir=workdir / "sim", max_page_size=10) as sim:
+        conn = ConnectionSettings.from_env(sim.env())
+        for n in range(1, cycles + 1):
+            step: list[str] = []
+            problems = local_edits(sim, db, model, rng, report) if n > 1 else []
+            for _ in range(rng.randint(0, 4) if n > 1 else 0):
+                kind = dynamics_change(sim, rng)
+                report.changes[kind] += 1
+                step.append(kind)
+            if n > 1:
+                change_selection(sim, selection, rng, report)
+            fault, must_succeed = arm_fault(sim, rng) if n > 1 else ("none", True)
+            report.faults[fault] += 1
+            settings = selection.settings()
+            # Now and then a backfill: a date range re-read (here: every record there is).
+            backfill = n > 1 and rng.random() < 0.06
+            options = CycleOptions(trigger="soak", window=EVERYTHING if backfill else None)
+            if backfill:
+                report.backfills += 1
+            error: BaseException | None = None
+            with fast_client(conn, Sleeps(), attempts=4, budget_s=30) as client:
+                try:
+                    run_cycle(conn, settings, db, options, client=client)
+                except DynamicsError as exc:
+                    error = exc
+                except Exception as exc:  # anything else is a finding, reported below
+                    error = exc
+                    problems.append("cycle crashed:\n" + traceback.format_exc())
+            sim.faults.clear()
+            fields = "/".join(selection.synced_account() + selection.synced_contact())
+            line = (
+                f"cycle {n}{' (backfill)' if backfill else ''}: fault {fault}, changes {step}"
+                f"{', fields ' + fields if fields != last_fields else ''}"
+                f" -> {'ok' if error is None else type(error).__name__}"
+            )
+            last_fields = fields
+            history.append(line)
+            log(line)
+            if error is None:
+                report.succeeded += 1
+                model.cycle(
+                    Snapshot.of(sim.org),
+                    selection.synced_account(),
+                    selection.synced_contact(),
+                    sees_deletes=not backfill,
+                )
+            elif must_succeed:
+                problems.append(f"cycle {n} failed although its fault is retried: {error}")
+            else:
+                report.failed_as_expected += 1
+            if error is None and not must_succeed:
+                problems.append(f"cycle {n} succeeded through a fault it cannot get past")
+            problems += compare(db, model)
+            if problems:
+                shown = "\n  ".join(problems[:25])
+                recent = "\n  ".join(history[-6:])
+                raise SoakMismatch(
+                    f"seed {seed}, cycle {n}: the store and the model disagree "
+                    f"({len(problems)} problems):\n  {shown}\nlast cycles:\n  {recent}"
+                )
+    report.activity_rows = Counter(row[5] for row in model.activity)
+    report.suppressed_rows = model.suppressed
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def results_markdown(report: SoakReport, command: str) -> str:
+    faults = ", ".join(f"{k} {v}" for k, v in sorted(report.faults.items()))
+    changes = ", ".join(f"{k} {v}" for k, v in sorted(report.changes.items()))
+    rows = ", ".join(f"{k} {v}" for k, v in sorted(report.activity_rows.items()))
+    return f"""# Model-based soak: last result
+
+`{command}` (the reference model is `tests/reliability/model.py`; the runner `soak.py`).
+
+| | |
+|---|---|
+| result | **PASS**: after each of {report.cycles} cycles the store equalled the model |
+| seed | {report.seed} |
+| cycles | {report.cycles}: {report.succeeded} succeeded, {report.failed_as_expected} failed as their fault requires (store unchanged) |
+| faults | {faults} |
+| Dynamics changes | {changes} |
+| local edits | {report.edits["made"]} made, {report.edits["refused"]} refused as the model predicted |
+| field selection / security changes | {report.selection_changes} |
+| backfill cycles (a date range re-read, deletes unseen) | {report.backfills} |
+| activity rows compared | {rows} |
+| rows kept out of the log by the contact limit ({CONTACT_LIMIT}) | {report.suppressed_rows} |
+| duration | {report.seconds:.0f} s |
+| when | {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()} |
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.reliability.soak", description=__doc__)
+    parser.add_argument("--cycles", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--quiet", action="store_true", help="no line per cycle")
+    parser.add_argument(
+        "--write-results", action="store_true", help=f"rewrite {RESULTS.name} with the outcome"
+    )
+    args = parser.parse_args(argv)
+    # Retries and re-reads are expected here; the per-cycle line says what happened.
+    logging.getLogger("dynsync").setLevel(logging.ERROR)
+    command = f"uv run python -m tests.reliability.soak --cycles {args.cycles} --seed {args.seed}"
+    with tempfile.TemporaryDirectory(prefix="dynsync-soak-") as tmp:
+        try:
+            report = run_soak(
+                args.cycles, args.seed, Path(tmp), log=(lambda _: None) if args.quiet else print
+            )
+        except SoakMismatch as exc:
+            print(f"FAIL: {exc}", file=sys.stderr)
+            return 1
+    text = results_markdown(report, command)
+    print(text)
+    if args.write_results:
+        RESULTS.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

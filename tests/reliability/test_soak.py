@@ -1,0 +1,39 @@
+"""The short model-based soak (the long one: `python -m tests.reliability.soak --cycles 200`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dynsync_dagster.simulator.schema import INDUSTRY_OPTIONS
+
+from .model import SYNC, Model, Snapshot
+from .soak import run_soak
+
+
+@pytest.mark.parametrize("seed", [11])
+def test_thirty_random_cycles_match_the_reference_model(tmp_path: Path, seed: int) -> None:
+    report = run_soak(30, seed, tmp_path)
+    assert report.succeeded + report.failed_as_expected == 30
+    assert report.failed_as_expected > 0, "the seed should include faults no retry gets past"
+    assert report.activity_rows[SYNC] > 0
+
+
+def test_the_model_applies_the_contact_limit_at_its_boundary(tmp_path: Path) -> None:
+    """A self-check of the model, without any store: rule 7's 5-logs-6-does-not boundary."""
+    from dynsync_dagster.simulator import DatasetSpec, Simulator
+
+    spec = DatasetSpec(accounts=3, contacts=11, sized_accounts=(6, 5), seed=3)
+    with Simulator(spec, state_dir=tmp_path / "sim") as sim:
+        org = sim.org
+        model = Model(labels=dict(INDUSTRY_OPTIONS), contact_limit=5)
+        fields = ("name",)
+        model.cycle(Snapshot.of(org), fields, ())
+        six = next(a for a in org.account_ids() if len(org.contacts_of(a)) == 6)
+        five = next(a for a in org.account_ids() if len(org.contacts_of(a)) == 5)
+        org.update_account(six, name="Six")
+        org.update_account(five, name="Five")
+        model.cycle(Snapshot.of(org), fields, ())
+    assert {row[1] for row in model.activity} == {five}  # 5 logs, 6 (over the limit) does not
+    assert len(model.activity) == 5 and model.suppressed == 6
