@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
+import queue
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from dynsync_dagster.client import DynamicsClient, RetryPolicy
@@ -107,14 +113,14 @@ def cycle(
     return run_cycle(conn, settings or sync_settings(), db, CycleOptions(**options), client=client)
 
 
-def canonical(db: Path) -> dict[str, list[tuple]]:
+def canonical(db: Path, wait_s: float = 30) -> dict[str, list[tuple]]:
     """The data tables minus dynsync's bookkeeping, in a stable order, as text.
 
     Two stores that went through equivalent histories (same Dynamics data, same local edits)
     compare equal, whatever their run ids, timestamps of their own and activity ids.
     """
     out: dict[str, list[tuple]] = {}
-    with open_store(db, read_only=True, wait_s=30) as con:
+    with open_store(db, read_only=True, wait_s=wait_s) as con:
         tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         for table in (
             "accounts",
@@ -190,3 +196,139 @@ def pick_sized(sim: Simulator, n: int) -> str:
     """The account with exactly `n` contacts."""
     org = sim.org
     return next(a for a in org.account_ids() if len(org.contacts_of(a)) == n)
+
+
+# ---- a fork server that runs cycles in children (crash_runner.py) ---------------------------
+
+
+@dataclass
+class Outcome:
+    killed: bool
+    markers: list[str]
+    status: int | None
+
+
+class Zygote:
+    """The fork server of crash_runner.py, driven over its stdin/stdout."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.stderr_path = tmp / "crash_runner.stderr"
+        self._stderr = self.stderr_path.open("w")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.reliability.crash_runner"],
+            cwd=REPO,
+            env=clean_env(tmp),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            bufsize=1,
+        )
+        self._lines: queue.Queue[tuple[float, str]] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._expect(lambda line: line == "ZYGOTE READY", timeout=120)
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self._lines.put((time.monotonic(), line.rstrip("\n")))
+
+    def _expect(self, match, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"crash runner went quiet; stderr: {self.stderr()}")
+            try:
+                _, line = self._lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if match(line):
+                return line
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()[-3000:]
+
+    def run(
+        self,
+        job: dict,
+        marker: str | None,
+        delay_s: float = 0.0,
+        nth: int = 1,
+        on_marker: Callable[[str], None] | None = None,
+    ) -> Outcome:
+        """Run `job` in a child; SIGKILL it `delay_s` after it prints `marker` the `nth` time
+        (never, with `marker=None`). `on_marker` sees each progress marker as it arrives."""
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps(job) + "\n")
+        self._proc.stdin.flush()
+        pid = int(self._expect(lambda line: line.startswith("STARTED "), timeout=60).split()[1])
+        markers: list[str] = []
+        kill_at: float | None = None
+        killed = False
+        seen = 0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            wait = 0.5 if kill_at is None else max(0.0, kill_at - time.monotonic())
+            try:
+                _, line = self._lines.get(timeout=wait)
+            except queue.Empty:
+                line = None
+            if kill_at is not None and time.monotonic() >= kill_at and not killed:
+                os.kill(pid, signal.SIGKILL)  # our own grandchild, by its id
+                killed = True
+            if line is None:
+                continue
+            if line.startswith(f"EXIT {pid} "):
+                return Outcome(killed, markers, int(line.split()[2]))
+            if line.startswith(f"{pid} "):
+                text = line.split(" ", 1)[1]
+                markers.append(text)
+                if on_marker is not None:
+                    on_marker(text)
+                if kill_at is None and text.split()[0] == marker:
+                    seen += 1
+                    if seen == nth:
+                        kill_at = time.monotonic() + delay_s
+        raise TimeoutError(f"child {pid} did not end; markers {markers}; {self.stderr()}")
+
+    def close(self) -> None:
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._stderr.close()
+
+    def __enter__(self) -> Zygote:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def crash_job(
+    sim: Simulator,
+    db: Path,
+    settings: SyncSettings,
+    page_pause_s: float = 0.03,
+    write_pause_s: float = 0.3,
+) -> dict:
+    """A job for crash_runner.py: one cycle of `settings` into `db`, paced for kills."""
+    return {
+        "env": sim.env(),
+        "db": str(db),
+        "account_fields": list(settings.account_fields),
+        "contact_fields": list(settings.contact_fields),
+        "limit": settings.activity_log_contact_limit,
+        "page_pause_s": page_pause_s,
+        "write_pause_s": write_pause_s,
+    }

@@ -10,18 +10,8 @@ none twice.
 
 from __future__ import annotations
 
-import json
-import os
-import queue
 import random
-import signal
-import subprocess
-import sys
-import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from dynsync_dagster.settings import SyncSettings
 from dynsync_dagster.simulator import Simulator
@@ -31,10 +21,10 @@ from .support import (
     ACCOUNT_FIELDS,
     BOOKKEEPING,
     CONTACT_FIELDS,
-    REPO,
     TINY,
+    Zygote,
     canonical,
-    clean_env,
+    crash_job,
     cycle,
     sync_settings,
 )
@@ -47,120 +37,6 @@ KILL_POINTS = (
     ("MERGED", 0.5),  # the paused open transaction, then COMMIT, checkpoint and cleanup
 )
 ROUNDS = 24
-
-
-@dataclass
-class Outcome:
-    killed: bool
-    markers: list[str]
-    status: int | None
-
-
-class Zygote:
-    """The fork server of crash_runner.py, driven over its stdin/stdout."""
-
-    def __init__(self, tmp: Path) -> None:
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.reliability.crash_runner"],
-            cwd=REPO,
-            env=clean_env(tmp),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=open(tmp / "crash_runner.stderr", "w"),  # noqa: SIM115 - closed with the process
-            text=True,
-            bufsize=1,
-        )
-        self.stderr_path = tmp / "crash_runner.stderr"
-        self._lines: queue.Queue[tuple[float, str]] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self._expect(lambda line: line == "ZYGOTE READY", timeout=120)
-
-    def _read(self) -> None:
-        assert self._proc.stdout is not None
-        for line in self._proc.stdout:
-            self._lines.put((time.monotonic(), line.rstrip("\n")))
-
-    def _expect(self, match, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"crash runner went quiet; stderr: {self.stderr()}")
-            try:
-                _, line = self._lines.get(timeout=left)
-            except queue.Empty:
-                continue
-            if match(line):
-                return line
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text()[-3000:]
-
-    def run(self, job: dict, marker: str, delay_s: float, nth: int = 1) -> Outcome:
-        """Run `job` in a child; SIGKILL it `delay_s` after it prints `marker` the `nth` time."""
-        assert self._proc.stdin is not None
-        self._proc.stdin.write(json.dumps(job) + "\n")
-        self._proc.stdin.flush()
-        pid = int(self._expect(lambda line: line.startswith("STARTED "), timeout=60).split()[1])
-        markers: list[str] = []
-        kill_at: float | None = None
-        killed = False
-        seen = 0
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            wait = 0.5 if kill_at is None else max(0.0, kill_at - time.monotonic())
-            try:
-                _, line = self._lines.get(timeout=wait)
-            except queue.Empty:
-                line = None
-            if kill_at is not None and time.monotonic() >= kill_at and not killed:
-                os.kill(pid, signal.SIGKILL)  # our own grandchild, by its id
-                killed = True
-            if line is None:
-                continue
-            if line.startswith(f"EXIT {pid} "):
-                return Outcome(killed, markers, int(line.split()[2]))
-            if line.startswith(f"{pid} "):
-                text = line.split(" ", 1)[1]
-                markers.append(text)
-                if kill_at is None and text.split()[0] == marker:
-                    seen += 1
-                    if seen == nth:
-                        kill_at = time.monotonic() + delay_s
-        raise TimeoutError(f"child {pid} did not end; markers {markers}; {self.stderr()}")
-
-    def close(self) -> None:
-        if self._proc.stdin is not None:
-            self._proc.stdin.close()
-        try:
-            self._proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-
-    def __enter__(self) -> Zygote:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-def _job(sim: Simulator, db: Path, settings: SyncSettings) -> dict:
-    return {
-        "env": sim.env(),
-        "db": str(db),
-        "account_fields": list(settings.account_fields),
-        "contact_fields": list(settings.contact_fields),
-        "limit": settings.activity_log_contact_limit,
-        "page_pause_s": 0.03,
-        "write_pause_s": 0.3,
-    }
 
 
 def _dynamics_changes(sim: Simulator, rng: random.Random) -> list[str]:
@@ -206,7 +82,7 @@ def test_sigkill_at_random_points_never_loses_or_duplicates_anything(tmp_path: P
                     changes.append("expired delta tokens")
             marker, longest = KILL_POINTS[round_no % len(KILL_POINTS)]
             delay = rng.uniform(0, longest)
-            outcome = zygote.run(_job(sim, store, settings), marker, delay)
+            outcome = zygote.run(crash_job(sim, store, settings), marker, delay)
             where = f"round {round_no}: kill {delay:.3f}s after {marker}, saw {outcome.markers}"
             assert outcome.killed or outcome.status == 0, f"{where}; {zygote.stderr()}"
             if outcome.killed:
@@ -246,7 +122,7 @@ def test_changes_while_a_killed_full_read_waits_to_resume_are_not_lost(tmp_path:
         for first in (True, False):
             if not first:
                 org.expire_delta_tokens()  # a full re-read of a store that has data
-            outcome = zygote.run(_job(sim, store, settings), "FETCH", 0.01, nth=4)
+            outcome = zygote.run(crash_job(sim, store, settings), "FETCH", 0.01, nth=4)
             assert outcome.killed, outcome.markers
             contacts, accounts = org.contact_ids(), org.account_ids()
             early, late = contacts[:3], contacts[-2:]  # staged before the kill / not yet read
