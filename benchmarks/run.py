@@ -1243,6 +1243,20 @@ def render(
         f"incremental changes {', '.join(INCREMENTAL_FIELDS)}; the big-account fan-out changes "
         f"{', '.join(FANOUT_FIELDS)}",
     ]
+    loads = [r.detail["load_1m"] for f in figs.values() for r in f.runs if "load_1m" in r.detail]
+    if loads:
+        busy = max(loads) > float(m["cores"] or 1) + 0.5
+        lines.insert(
+            lines.index(SECTIONS[1]) - 1,
+            f"- 1-minute load average after each measured run: {min(loads):.1f} to "
+            f"{max(loads):.1f} (median {statistics.median(loads):.1f}) on {m['cores']} cores"
+            + (
+                "; other processes shared the machine during this run, so the figures are "
+                "pessimistic and noisy"
+                if busy
+                else ""
+            ),
+        )
     for label, s in meta["sim"].items():
         lines.append(
             f"- simulator ({label}): generated and listening in {s['startup_s']:.1f} s, "
