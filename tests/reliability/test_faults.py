@@ -7,15 +7,22 @@ row), and a cycle that fails must leave its store exactly as it was.
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from dynsync_dagster.auth import TokenProvider, build_session
+from dynsync_dagster.auth import DynamicsSession, TokenProvider, build_session
 from dynsync_dagster.client import DynamicsClient, RetryPolicy
 from dynsync_dagster.cycle import run_cycle
-from dynsync_dagster.errors import AuthError, DynamicsError, ThrottledError, TransientError
+from dynsync_dagster.errors import (
+    AuthError,
+    DynamicsError,
+    PagingLoopError,
+    ThrottledError,
+    TransientError,
+)
 from dynsync_dagster.settings import ConnectionSettings
 from dynsync_dagster.simulator import Simulator
 from dynsync_dagster.store import open_store
@@ -194,6 +201,41 @@ def test_persistently_malformed_page_fails_cleanly(
     tiny.faults.clear()
     cycle(tiny, store)
     cycle(tiny, control)
+    assert canonical(store) == canonical(control)
+
+
+class _RepeatingNextLink(DynamicsSession):
+    """A session whose second contacts page links back to itself (a server paging bug)."""
+
+    armed = True
+
+    def request(self, method, url, *args, **kwargs):  # type: ignore[no-untyped-def]
+        response = super().request(method, url, *args, **kwargs)
+        if self.armed and "/contacts" in str(url) and "skiptoken" in str(url):
+            body = json.loads(response.content)
+            if body.get("@odata.nextLink"):
+                body["@odata.nextLink"] = str(url)
+                response._content = json.dumps(body).encode()
+                self.armed = False
+        return response
+
+
+def test_a_repeating_next_link_stops_the_cycle_cleanly(
+    tiny: Simulator, store: Path, control: Path
+) -> None:
+    _both_first(tiny, store, control)
+    before = canonical(store)
+    _changes(tiny)
+    conn = connection(tiny)
+    wider = sync_settings(contact_fields=(*sync_settings().contact_fields, "telephone1"))
+    session = _RepeatingNextLink(conn)
+    client = DynamicsClient(conn, session=session, token_provider=TokenProvider(conn, session))
+    with pytest.raises(PagingLoopError, match="repeated a nextLink"):
+        run_cycle(conn, wider, store, client=client)
+    session.close()
+    assert canonical(store) == before
+    cycle(tiny, store, wider)
+    cycle(tiny, control, wider)
     assert canonical(store) == canonical(control)
 
 
