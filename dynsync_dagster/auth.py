@@ -174,7 +174,19 @@ class TokenProvider:
                 ) from None
             if result and "access_token" in result:
                 return str(result["access_token"])
-            raise self._auth_error(result or {})
+            result = result or {}
+            if result.get("error") in _TRANSIENT_ERRORS:
+                # Throttled or briefly unavailable (e.g. a 429 with AADSTS90055): not a
+                # refusal. MSAL itself replays such an answer until its Retry-After has
+                # passed, so the caller's retry loop waiting and asking again is right.
+                raise TransientError(
+                    f"the token endpoint at {self._conn.authority} is temporarily unavailable "
+                    f"({result.get('error')}: {_first_line(str(result.get('error_description') or ''))}); "
+                    "retrying later",
+                    code=str(result.get("error")),
+                    url=self._conn.authority,
+                )
+            raise self._auth_error(result)
 
     def invalidate(self) -> None:
         """Forget cached tokens so the next `get_token()` asks the token endpoint again."""
@@ -250,6 +262,10 @@ class TokenProvider:
             f"({error}: {description or 'no description'}); {hint}"
         )
         return AuthError(_redact(message, self._conn.secrets), code=error, url=self._conn.authority)
+
+
+# OAuth errors that mean "try again later", not "your credentials are wrong".
+_TRANSIENT_ERRORS = {"temporarily_unavailable", "server_error"}
 
 
 def _tls_error(conn: ConnectionSettings, exc: Exception) -> DynamicsError:

@@ -308,7 +308,7 @@ def _fetch_entity(
                     client.iter_link(
                         resumed.resume_link, track_changes=tracking, annotations=ANNOTATIONS
                     ),
-                    checkpoint=(resumed.mode, select_list),
+                    checkpoint=(resumed.mode, select_list, resumed.started_at),
                 )
                 done = True
             except DynamicsError as exc:
@@ -318,6 +318,29 @@ def _fetch_entity(
         if done:
             progress = stage.progress(entity)
             link = progress.delta_link if progress else None
+            # Pages staged by the failed cycle may be stale: bring in what changed since that
+            # read began, in this same cycle (a delta poll, or a cursor read from its start).
+            if link:
+                link = (
+                    _drain(
+                        stage,
+                        entity,
+                        client.iter_link(link, track_changes=True, annotations=ANNOTATIONS),
+                    )
+                    or link
+                )
+            else:
+                _drain(
+                    stage,
+                    entity,
+                    client.iter_pages(
+                        entity_set,
+                        select=select,
+                        filter=f"modifiedon ge {odata_time(resumed.started_at - CURSOR_OVERLAP)}",
+                        orderby=f"modifiedon asc,{key} asc",
+                        annotations=ANNOTATIONS,
+                    ),
+                )
             return _after_full(entity, link, select_list, now), resumed.mode
     stage.reset(entity)
 
@@ -361,7 +384,7 @@ def _fetch_entity(
             entity_set, select=select, orderby=f"{key} asc", annotations=ANNOTATIONS
         )
     )
-    link = _drain(stage, entity, pages, checkpoint=(mode, select_list))
+    link = _drain(stage, entity, pages, checkpoint=(mode, select_list, now))
     return _after_full(entity, link if tracking else None, select_list, now), mode
 
 
@@ -378,23 +401,28 @@ def _drain(
     stage: Stage,
     entity: str,
     pages: Iterator[Page],
-    checkpoint: tuple[str, str] | None = None,
+    checkpoint: tuple[str, str, datetime] | None = None,
 ) -> str | None:
     """Stream pages into the stage; return the delta link of the last page, if any.
 
-    With `checkpoint` (mode, select list), each page's next link is saved with its rows, so
-    a failed full read resumes where it stopped.
+    With `checkpoint` (mode, select list, start of the read), each page's next link is saved
+    with its rows, so a failed full read resumes where it stopped.
     """
     link = None
     for page in pages:
         stage.add_rows(entity, page.rows)
         link = page.delta_link or link
         if checkpoint is not None:
-            mode, select_list = checkpoint
+            mode, select_list, started_at = checkpoint
             stage.checkpoint(
                 entity,
                 Progress(
-                    mode, select_list, page.next_link, page.delta_link, page.next_link is None
+                    mode,
+                    select_list,
+                    page.next_link,
+                    page.delta_link,
+                    page.next_link is None,
+                    started_at,
                 ),
             )
     return link

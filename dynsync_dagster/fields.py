@@ -284,10 +284,9 @@ def _decide(
         )
     if not attr.get("IsValidForRead", False):
         return no("not valid for read in Dynamics (IsValidForRead = false)")
-    if (
-        type_name in _UNSUPPORTED
-        or (type_name not in _DUCK_TYPES
-        and type_name not in ("MoneyType", "DecimalType", "DateTimeType"))
+    if type_name in _UNSUPPORTED or (
+        type_name not in _DUCK_TYPES
+        and type_name not in ("MoneyType", "DecimalType", "DateTimeType")
     ):
         return no(f"type {type_name} is not synced (no value in the Web API row)", True)
     if secured and not is_admin and str(attr.get("MetadataId", "")).lower() not in readable_secured:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -86,6 +87,7 @@ class Progress:
     resume_link: str | None  # the next page to fetch; None once the read is complete
     delta_link: str | None
     complete: bool
+    started_at: datetime  # when the read's first page was asked for
 
 
 @dataclass
@@ -112,7 +114,7 @@ class Stage:
             self._create(signature)
 
     def _signature(self) -> str:
-        parts = [
+        parts = ["stage v2"] + [
             f"{e}:{','.join(f'{c.name}:{c.arrow}' for c in cols)}"
             for e, cols in self._columns.items()
         ]
@@ -167,7 +169,7 @@ class Stage:
         self._con.execute("INSERT INTO stage_info VALUES (?)", [signature])
         self._con.execute(
             "CREATE TABLE progress (entity VARCHAR, mode VARCHAR, select_list VARCHAR, "
-            "resume_link VARCHAR, delta_link VARCHAR, complete BOOLEAN)"
+            "resume_link VARCHAR, delta_link VARCHAR, complete BOOLEAN, started_at TIMESTAMPTZ)"
         )
         for entity, cols in self._columns.items():
             ddl = ", ".join(f'"{c.name}" {_duck_of(c.arrow)}' for c in cols)
@@ -176,7 +178,8 @@ class Stage:
     def progress(self, entity: str) -> Progress | None:
         assert self._con is not None
         row = self._con.execute(
-            "SELECT mode, select_list, resume_link, delta_link, complete FROM progress WHERE entity = ?",
+            "SELECT mode, select_list, resume_link, delta_link, complete, started_at "
+            "FROM progress WHERE entity = ?",
             [entity],
         ).fetchone()
         return Progress(*row) if row else None
@@ -187,7 +190,7 @@ class Stage:
         self._con.execute("DELETE FROM progress WHERE entity = ?", [entity])
         if progress is not None:
             self._con.execute(
-                "INSERT INTO progress VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO progress VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
                     entity,
                     progress.mode,
@@ -195,6 +198,7 @@ class Stage:
                     progress.resume_link,
                     progress.delta_link,
                     progress.complete,
+                    progress.started_at,
                 ],
             )
 
@@ -296,7 +300,7 @@ class Stage:
                     )
             casts.append(("modifiedon", "TIMESTAMPTZ", "modifiedon"))
             bad = ", ".join(
-                f'CASE WHEN "{c}" IS NOT NULL AND TRY_CAST("{c}" AS {t}) IS NULL '
+                f'CASE WHEN "{c}" IS NOT NULL AND TRY_CAST({_source(c, t)} AS {t}) IS NULL '
                 f"THEN '{c} = ' || left(CAST(\"{c}\" AS VARCHAR), 100) END"
                 for c, t, _n in casts
             )
@@ -305,7 +309,7 @@ class Stage:
                 f"SELECT id, list_filter([{bad}], lambda x: x IS NOT NULL) AS problems "
                 f"FROM stage_{entity} WHERE NOT _deleted) WHERE len(problems) > 0"
             )
-            typed = [f'CAST("{c}" AS {t}) AS "{n}"' for c, t, n in casts] + labels
+            typed = [f'CAST({_source(c, t)} AS {t}) AS "{n}"' for c, t, n in casts] + labels
             if entity == "contact":
                 typed += [
                     "parentcustomerid_type",
@@ -330,6 +334,15 @@ class Stage:
         for p in (self.path, self.path.with_name(self.path.name + ".wal")):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+
+
+def _source(column: str, duck_type: str) -> str:
+    """The staged column as the cast's input. Decimals go through their shortest text form:
+    DuckDB scales a DOUBLE into a DECIMAL in floating point (922337203685477 would become
+    ...476.9664), while the shortest text of the double is the number Dynamics sent."""
+    if duck_type.startswith("DECIMAL"):
+        return f'CAST("{column}" AS VARCHAR)'
+    return f'"{column}"'
 
 
 def _duck_of(t: pa.DataType) -> str:

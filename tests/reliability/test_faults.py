@@ -304,16 +304,7 @@ def test_token_endpoint_invalid_client_fault(tiny: Simulator, store: Path) -> No
 @pytest.mark.parametrize(
     "kind",
     [
-        pytest.param(
-            "token_429",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="auth.TokenProvider.get_token turns the token endpoint's 429 "
-                "(temporarily_unavailable, AADSTS90055) into a fatal AuthError telling the user "
-                "to check the tenant/client/secret, instead of a TransientError that the "
-                "client retries after Retry-After",
-            ),
-        ),
+        "token_429",
         "token_503",
     ],
 )
@@ -501,12 +492,6 @@ def test_huge_unicode_quoted_and_null_values_round_trip(
         assert con.execute("SELECT count(*) FROM accounts").fetchone()[0] == len(org.account_ids())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stage.py stages Money/Decimal columns as float64 (pa.float64) and CASTs DOUBLE to "
-    "DECIMAL(38,4); DuckDB scales the double in floating point, so money near Dataverse's "
-    "limit (922,337,203,685,477) is stored as 922337203685476.9664",
-)
 def test_money_at_the_dataverse_limits_round_trips_exactly(tiny: Simulator, store: Path) -> None:
     values = [922337203685477.0, -922337203685477.0, 900000000000.01, 123456789012.34]
     ids = [tiny.org.create_account(name=f"Money {i}", revenue=v) for i, v in enumerate(values)]
@@ -521,14 +506,6 @@ def test_money_at_the_dataverse_limits_round_trips_exactly(tiny: Simulator, stor
     assert got == [_text("revenue", v) for v in values]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cycle._fetch_entity resumes a full read that failed earlier from its stage "
-    "checkpoint and commits the pages staged back then: changes made in Dynamics before this "
-    "cycle started, to records in those pages, arrive only a cycle later (rule 1: a cycle brings "
-    "in what changed since the last successful cycle). Fix: after finishing a resumed read, "
-    "poll its delta link once in the same cycle and stage those rows too",
-)
 def test_cycle_after_a_failed_full_read_brings_in_what_changed_before_it(
     tiny: Simulator, store: Path, control: Path
 ) -> None:
