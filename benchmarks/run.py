@@ -333,6 +333,8 @@ class Bench:
         if proc.returncode != 0 or not out_path.exists():
             raise ChildFailed(f"{task}: exit code {proc.returncode}\n{_tail(log_path)}")
         result = json.loads(out_path.read_text())
+        # Other processes on the machine skew every figure: keep the load next to each run.
+        result["load_1m"] = round(os.getloadavg()[0], 2)
         return Run(
             wall_s=float(result.pop("wall_s")),
             records=int(result.pop("records")),
