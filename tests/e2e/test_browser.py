@@ -29,9 +29,8 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def chromium() -> Path:
-    """Debian's Chromium. Checked before `dagster_dev` starts, so a missing browser fails fast."""
+def debian_chromium() -> Path:
+    """Debian's Chromium, or a failure (CI) / skip (elsewhere) that says how to install it."""
     if CHROMIUM.exists():
         return CHROMIUM
     message = f"{CHROMIUM} is missing: run `bash scripts/install-browser.sh` (Debian's chromium)"
@@ -40,7 +39,10 @@ def chromium() -> Path:
     pytest.skip(message)
 
 
-def test_asset_graph_in_chromium(chromium: Path, dagster_dev: DagsterDev) -> None:
+def test_asset_graph_in_chromium(request: pytest.FixtureRequest) -> None:
+    chromium = debian_chromium()
+    # Started only once the browser is known to be there: a missing browser fails in 0 s.
+    dagster_dev: DagsterDev = request.getfixturevalue("dagster_dev")
     from playwright.sync_api import Route, expect, sync_playwright
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
