@@ -34,9 +34,9 @@ KILL_POINTS = (
     ("READY", 0.6),  # token, metadata, the first pages
     ("FETCH", 0.25),  # between and inside page writes to the stage
     ("WRITE", 0.25),  # the merge SQL inside the store transaction
-    ("MERGED", 0.5),  # the paused open transaction, then COMMIT, checkpoint and cleanup
+    ("MERGED", 0.45),  # the paused open transaction, then COMMIT, checkpoint and cleanup
 )
-ROUNDS = 24
+ROUNDS = 26
 
 
 def _dynamics_changes(sim: Simulator, rng: random.Random) -> list[str]:
