@@ -53,7 +53,6 @@ class CycleOptions:
     run_id: str | None = None
     page_size: int = 5000
     store_wait_s: float = 60.0
-    memory_limit: str = "512MB"
 
 
 @dataclass
@@ -150,7 +149,7 @@ def _run_cycle(
         # Backfill windows stage apart, so they never disturb a checkpointed full read.
         suffix = ".stage-window" if options.window else ".stage"
         stage = Stage(
-            db_path.with_name(db_path.name + suffix), plan, memory_limit=options.memory_limit
+            db_path.with_name(db_path.name + suffix), plan
         )
         modes: dict[str, str] = {}
         new_states: dict[str, ReaderState] = {}

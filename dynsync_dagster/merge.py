@@ -87,10 +87,16 @@ def contact_columns(plan: FieldPlan) -> list[str]:
 
 def apply_cycle(con: duckdb.DuckDBPyConnection, ctx: MergeContext) -> MergeCounts:
     counts = MergeCounts()
-    _apply_accounts(con, ctx, counts)
-    _apply_contacts(con, ctx, counts)
+    # On the first load every record is inserted with all its values: nothing to refill.
+    refill = {
+        t: bool(_scalar(con, f"SELECT count(*) FROM (SELECT 1 FROM {t} LIMIT 1)"))
+        for t in ("accounts", "contacts")
+    }
+    _apply_accounts(con, ctx, counts, refill["accounts"])
+    _apply_contacts(con, ctx, counts, refill["contacts"])
     _repropagate(con, ctx, counts)
-    _refill_new_account_columns(con, ctx)
+    if refill["contacts"]:
+        _refill_new_account_columns(con, ctx)
     for t in ("acc_upd", "con_upd", "prop"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
     return counts
@@ -101,7 +107,9 @@ def _scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None
     return int(row[0]) if row and row[0] is not None else 0
 
 
-def _apply_accounts(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: MergeCounts) -> None:
+def _apply_accounts(
+    con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: MergeCounts, refill: bool
+) -> None:
     cols = account_columns(ctx.plan)
     # Rule 5: only a higher versionnumber is an update; a re-read of the same version is not,
     # and an older version (a backfill re-reading history) never overwrites newer data.
@@ -136,7 +144,7 @@ def _apply_accounts(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: M
     counts.accounts_upserted = _scalar(con, "SELECT count(*) FROM acc_upd")
     counts.accounts_inserted = _scalar(con, "SELECT count(*) FROM acc_upd WHERE is_new")
     # A field added to the selection: fill it on records whose version did not change.
-    added = [c for c in ctx.schema.added.get("accounts", [])]
+    added = ctx.schema.added.get("accounts", []) if refill else []
     if added:
         fill = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in added)
         con.execute(
@@ -181,7 +189,9 @@ def _mark_deleted(
     return _scalar(con, f"SELECT count(*) FROM {table} WHERE is_deleted") - before
 
 
-def _apply_contacts(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: MergeCounts) -> None:
+def _apply_contacts(
+    con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: MergeCounts, refill: bool
+) -> None:
     own = contact_columns(ctx.plan)
     acc = account_columns(ctx.plan)
     con.execute(
@@ -224,7 +234,7 @@ def _apply_contacts(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: M
     counts.contacts_upserted = _scalar(con, "SELECT count(*) FROM con_upd")
     counts.contacts_inserted = _scalar(con, "SELECT count(*) FROM con_upd WHERE is_new")
     added = [c for c in ctx.schema.added.get("contacts", []) if not c.startswith("account_")]
-    if added:
+    if added and refill:
         fill = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in added)
         con.execute(
             f"UPDATE contacts c SET {fill} FROM stage.s_contact s "

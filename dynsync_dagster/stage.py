@@ -16,6 +16,7 @@ import duckdb
 import pyarrow as pa
 
 from .fields import PRIMARY_KEY, FieldPlan, FieldSpec
+from .store import configure
 
 LOOKUP_TABLE = "@Microsoft.Dynamics.CRM.lookuplogicalname"
 # The only annotation a cycle asks for: which table a lookup points to. Choice labels come
@@ -102,7 +103,6 @@ class Stage:
     plan: FieldPlan
     rows: dict[str, int] = field(default_factory=lambda: {"account": 0, "contact": 0})
     deleted: dict[str, int] = field(default_factory=lambda: {"account": 0, "contact": 0})
-    memory_limit: str = "512MB"
     _con: duckdb.DuckDBPyConnection | None = None
     _seq: int = 0
 
@@ -129,8 +129,9 @@ class Stage:
                     f"{self.path} is in use: another sync cycle is running; retry in a moment"
                 ) from None
             raise
-        con.execute("SET TimeZone = 'UTC'")
-        con.execute(f"SET memory_limit = '{self.memory_limit}'")
+        configure(con)
+        # Scratch data, written once and read once: compressing it costs more than it saves.
+        con.execute("PRAGMA force_compression = 'uncompressed'")
         return con
 
     def _reopen(self, signature: str) -> bool:
@@ -317,10 +318,19 @@ class Stage:
                     "THEN CAST(parentcustomerid AS UUID) END AS accountid",
                 ]
             typed += ["versionnumber", "_deleted"]
+            # The last sighting of an id wins. Duplicates are rare (a resumed or re-polled
+            # read), so the de-duplication runs only when there are any.
+            unique = self._con.execute(
+                f"SELECT count(*) = count(DISTINCT id) FROM stage_{entity}"
+            ).fetchone()[0]
+            latest = (
+                ""
+                if unique
+                else (f"AND _seq IN (SELECT max(_seq) FROM stage_{entity} GROUP BY id)")
+            )
             self._con.execute(
                 f"CREATE TABLE s_{entity} AS SELECT {', '.join(typed)} FROM stage_{entity} "
-                f"WHERE id NOT IN (SELECT id FROM err_{entity}) "
-                "QUALIFY row_number() OVER (PARTITION BY id ORDER BY _seq DESC) = 1"
+                f"WHERE id NOT IN (SELECT id FROM err_{entity}) {latest}"
             )
         self.close()
 

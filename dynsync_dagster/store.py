@@ -179,8 +179,21 @@ def connect(
             time.sleep(0.2)
     if not read_only:
         _owner_only(path)
-    con.execute("SET TimeZone = 'UTC'")
+    configure(con)
     return con
+
+
+def memory_limit() -> str:
+    """DuckDB's memory budget per connection. DuckDB spills to disk beyond it, so a cycle's
+    peak memory is bounded by this and the page size, not by the size of the org."""
+    return os.environ.get("DYNSYNC_DUCKDB_MEMORY_LIMIT") or "256MB"
+
+
+def configure(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"SET memory_limit = '{memory_limit()}'")
+    # Row order of INSERT ... SELECT is irrelevant here; keeping it costs memory.
+    con.execute("SET preserve_insertion_order = false")
 
 
 def _owner_only(path: Path) -> None:

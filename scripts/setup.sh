@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 if ! command -v uv >/dev/null 2>&1; then
   python3 -m pip install --quiet "uv>=0.5"
 fi
-uv sync --frozen --quiet
+# Compile bytecode at install: PYTHONDONTWRITEBYTECODE may be set (it is on our CI machines),
+# and then every process would recompile Dagster, pandas and friends from source.
+UV_COMPILE_BYTECODE=1 uv sync --frozen --quiet
