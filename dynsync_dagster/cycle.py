@@ -148,9 +148,7 @@ def _run_cycle(
         schema = plan_schema_change(columns, plan)
         # Backfill windows stage apart, so they never disturb a checkpointed full read.
         suffix = ".stage-window" if options.window else ".stage"
-        stage = Stage(
-            db_path.with_name(db_path.name + suffix), plan
-        )
+        stage = Stage(db_path.with_name(db_path.name + suffix), plan)
         modes: dict[str, str] = {}
         new_states: dict[str, ReaderState] = {}
         reconcile: dict[str, bool] = {}

@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 
 from .merge import ACTIVITY_TYPE, SOURCE_LOCAL, literal
-from .store import ensure_fixed_tables, open_store, quote
+from .store import ensure_fixed_tables, open_store, quote, table_columns
 
 REASON_LOCAL = "Account field edited locally (not sent to Dynamics)"
 
@@ -99,11 +99,7 @@ def _apply(
     duck_type = synced[field]
     typed = _typed_value(con, field, duck_type, value)
     label_col = f"account_{field}_label"
-    has_label = con.execute(
-        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'contacts' "
-        "AND column_name = ?",
-        [label_col],
-    ).fetchone()[0]
+    has_label = label_col in table_columns(con, "contacts")
     label = None
     if has_label and value is not None:
         found = con.execute(

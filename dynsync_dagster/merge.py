@@ -332,8 +332,21 @@ def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: Merg
         ]
         counts.activities_suppressed = sum(r[2] for r in rows)
         con.execute("DROP TABLE prop_diffs")
-    sets = ", ".join(f"{quote('account_' + c)} = v.{quote('new_' + c)}" for c in cols)
-    con.execute(f"UPDATE contacts c SET {sets} FROM prop_vals v WHERE c.contactid = v.contactid")
+    # Write only the columns, and the contacts, whose value changes: DuckDB's UPDATE costs
+    # grow with every column it touches, and most cycles change a few fields.
+    diff = {c: f"{quote('old_' + c)} IS DISTINCT FROM {quote('new_' + c)}" for c in cols}
+    changed_counts = con.execute(
+        "SELECT "
+        + ", ".join(f"count(*) FILTER (WHERE {d})" for d in diff.values())
+        + " FROM prop_vals"
+    ).fetchone()
+    changed = [c for c, n in zip(cols, changed_counts, strict=True) if n]
+    if changed:
+        sets = ", ".join(f"{quote('account_' + c)} = v.{quote('new_' + c)}" for c in changed)
+        con.execute(
+            f"UPDATE contacts c SET {sets} FROM prop_vals v WHERE c.contactid = v.contactid "
+            f"AND ({' OR '.join(diff[c] for c in changed)})"
+        )
     con.execute("DROP TABLE prop_vals")
 
 

@@ -221,11 +221,9 @@ def ensure_fixed_tables(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
-    rows = con.execute(
-        "SELECT column_name, data_type FROM information_schema.columns "
-        "WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position",
-        [table],
-    ).fetchall()
+    """Column -> type of a table in the store (pragma_table_info: information_schema scans the
+    whole catalog and costs ~50 ms a call)."""
+    rows = con.execute("SELECT name, type FROM pragma_table_info(?)", [table]).fetchall()
     return {name: dtype for name, dtype in rows}
 
 
