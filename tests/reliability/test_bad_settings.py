@@ -92,6 +92,12 @@ PREFLIGHT = {
         ["DYNAMICS_CA_BUNDLE", "PEM"],
     ),
     "unknown key": ("acount_fields: [name]\n", {}, ["unknown key", "acount_fields"]),
+    "fields not a list": ("account_fields: name\n", {}, ["account_fields", "list"]),
+    "http authority": (
+        GOOD_YAML,
+        {"DYNAMICS_AUTHORITY_HOST": "http://login.microsoftonline.com"},
+        ["DYNAMICS_AUTHORITY_HOST", "https"],
+    ),
     "hostile field name": (
         "account_fields: ['name\"; DROP TABLE accounts; --']\n",
         {},
