@@ -271,20 +271,25 @@ def _fetch_entity(
     entity_set, key = ENTITY_SET[entity], PRIMARY_KEY[entity]
     tracking = plan.change_tracking[entity]
     now = datetime.now(UTC)
-    if options.window is not None:
-        start, end = options.window
-        window = f"modifiedon ge {odata_time(start)} and modifiedon lt {odata_time(end)}"
-        _drain(
-            stage,
-            entity,
-            client.iter_pages(
-                entity_set,
-                select=select,
-                filter=window,
-                orderby=f"modifiedon asc,{key} asc",
-                annotations=ANNOTATIONS,
-            ),
+
+    def modified(since: datetime, until: datetime | None = None) -> Iterator[Page]:
+        """Records modified in [since, until), oldest first (a cursor or a backfill window)."""
+        window = f"modifiedon ge {odata_time(since)}"
+        if until is not None:
+            window += f" and modifiedon lt {odata_time(until)}"
+        return client.iter_pages(
+            entity_set,
+            select=select,
+            filter=window,
+            orderby=f"modifiedon asc,{key} asc",
+            annotations=ANNOTATIONS,
         )
+
+    def delta(link: str) -> Iterator[Page]:
+        return client.iter_link(link, track_changes=True, annotations=ANNOTATIONS)
+
+    if options.window is not None:
+        _drain(stage, entity, modified(*options.window))
         return None, "window"
 
     resumed = stage.progress(entity)
@@ -299,14 +304,10 @@ def _fetch_entity(
         done = resumed.complete
         if not done and resumed.resume_link:
             try:
-                _drain(
-                    stage,
-                    entity,
-                    client.iter_link(
-                        resumed.resume_link, track_changes=tracking, annotations=ANNOTATIONS
-                    ),
-                    checkpoint=(resumed.mode, select_list, resumed.started_at),
+                pages = client.iter_link(
+                    resumed.resume_link, track_changes=tracking, annotations=ANNOTATIONS
                 )
+                _drain(stage, entity, pages, (resumed.mode, select_list, resumed.started_at))
                 done = True
             except DynamicsError as exc:
                 if exc.status != 400:
@@ -318,26 +319,9 @@ def _fetch_entity(
             # Pages staged by the failed cycle may be stale: bring in what changed since that
             # read began, in this same cycle (a delta poll, or a cursor read from its start).
             if link:
-                link = (
-                    _drain(
-                        stage,
-                        entity,
-                        client.iter_link(link, track_changes=True, annotations=ANNOTATIONS),
-                    )
-                    or link
-                )
+                link = _drain(stage, entity, delta(link)) or link
             else:
-                _drain(
-                    stage,
-                    entity,
-                    client.iter_pages(
-                        entity_set,
-                        select=select,
-                        filter=f"modifiedon ge {odata_time(resumed.started_at - CURSOR_OVERLAP)}",
-                        orderby=f"modifiedon asc,{key} asc",
-                        annotations=ANNOTATIONS,
-                    ),
-                )
+                _drain(stage, entity, modified(resumed.started_at - CURSOR_OVERLAP))
             return _after_full(entity, link, select_list, now), resumed.mode
     stage.reset(entity)
 
@@ -346,34 +330,16 @@ def _fetch_entity(
     mode = "full"
     if tracking and not fresh and state is not None and state.delta_link:
         try:
-            link = _drain(
-                stage,
-                entity,
-                client.iter_link(state.delta_link, track_changes=True, annotations=ANNOTATIONS),
-            )
-            return ReaderState(
-                entity, "delta", link or state.delta_link, select_list, None, now
-            ), "delta"
+            link = _drain(stage, entity, delta(state.delta_link)) or state.delta_link
+            return ReaderState(entity, "delta", link, select_list, None, now), "delta"
         except ExpiredDeltaToken:
             log.warning("%s: the delta token expired; re-reading the whole table", entity)
             stage.reset(entity)
             mode = "resync"
     if not tracking and not fresh and state is not None and state.cursor_modifiedon is not None:
-        since = state.cursor_modifiedon - CURSOR_OVERLAP
-        _drain(
-            stage,
-            entity,
-            client.iter_pages(
-                entity_set,
-                select=select,
-                filter=f"modifiedon ge {odata_time(since)}",
-                orderby=f"modifiedon asc,{key} asc",
-                annotations=ANNOTATIONS,
-            ),
-        )
-        return ReaderState(
-            entity, "cursor", None, select_list, state.cursor_modifiedon, now
-        ), "cursor"
+        _drain(stage, entity, modified(state.cursor_modifiedon - CURSOR_OVERLAP))
+        cursor = ReaderState(entity, "cursor", None, select_list, state.cursor_modifiedon, now)
+        return cursor, "cursor"
     pages = (
         client.iter_pages(entity_set, select=select, track_changes=True, annotations=ANNOTATIONS)
         if tracking
