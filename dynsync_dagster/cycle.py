@@ -37,6 +37,7 @@ from .store import (
     existing_columns,
     open_store,
     plan_schema_change,
+    private_files,
 )
 
 log = logging.getLogger("dynsync.cycle")
@@ -95,7 +96,8 @@ def run_cycle(
     run_id = options.run_id or uuid.uuid4().hex
     started = datetime.now(UTC)
     try:
-        return _run_cycle(conn, sync, Path(db_path), options, client, run_id, started)
+        with private_files():
+            return _run_cycle(conn, sync, Path(db_path), options, client, run_id, started)
     except Exception as exc:
         _record_failure(Path(db_path), options, run_id, started, exc)
         raise

@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 
 from .merge import ACTIVITY_TYPE, SOURCE_LOCAL, literal
-from .store import ensure_fixed_tables, open_store, quote, table_columns
+from .store import ensure_fixed_tables, open_store, private_files, quote, table_columns
 
 REASON_LOCAL = "Account field edited locally (not sent to Dynamics)"
 
@@ -51,7 +51,7 @@ def set_account_field(
     if not Path(db_path).exists():
         raise LocalEditError(f"{db_path} does not exist yet: run `dynsync sync` first")
     edited_at = datetime.now(UTC)
-    with open_store(Path(db_path), wait_s=wait_s) as con:
+    with private_files(), open_store(Path(db_path), wait_s=wait_s) as con:
         ensure_fixed_tables(con)
         con.execute("BEGIN TRANSACTION")
         try:

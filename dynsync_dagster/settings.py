@@ -175,8 +175,12 @@ class SyncSettings:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise SettingsError(f"{path}: not valid YAML{where}: {exc}") from None
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise SettingsError(
+                f"{path}: not valid YAML{where} ({problem}); fix the file (see dynsync.yaml in "
+                "the repository for the format)"
+            ) from None
         return cls.from_mapping(data, source=str(path))
 
 

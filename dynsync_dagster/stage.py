@@ -16,7 +16,7 @@ import duckdb
 import pyarrow as pa
 
 from .fields import PRIMARY_KEY, FieldPlan, FieldSpec
-from .store import configure
+from .store import configure, owner_only
 
 LOOKUP_TABLE = "@Microsoft.Dynamics.CRM.lookuplogicalname"
 # The only annotation a cycle asks for: which table a lookup points to. Choice labels come
@@ -107,7 +107,7 @@ class Stage:
     _seq: int = 0
 
     def __post_init__(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._columns = {e: stage_columns(e, self.plan.synced(e)) for e in ("account", "contact")}
         signature = self._signature()
         if not self._reopen(signature):
@@ -129,6 +129,7 @@ class Stage:
                     f"{self.path} is in use: another sync cycle is running; retry in a moment"
                 ) from None
             raise
+        owner_only(self.path)  # it holds a copy of Dynamics rows, like the store
         configure(con)
         # Scratch data, written once and read once: compressing it costs more than it saves.
         con.execute("PRAGMA force_compression = 'uncompressed'")
@@ -338,6 +339,7 @@ class Stage:
         if self._con is not None:
             self._con.close()
             self._con = None
+            owner_only(self.path)
 
     def discard(self) -> None:
         self.close()

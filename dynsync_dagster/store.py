@@ -162,7 +162,9 @@ def connect(
     """Open the store, creating it readable by its owner only; UTC for every timestamp."""
     path = Path(path)
     if not read_only:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # A directory we create is ours alone: the WAL DuckDB writes beside the file is then
+        # unreachable for other users from the moment it exists.
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -178,7 +180,7 @@ def connect(
                 ) from None
             time.sleep(0.2)
     if not read_only:
-        _owner_only(path)
+        owner_only(path)
     configure(con)
     return con
 
@@ -196,10 +198,26 @@ def configure(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("SET preserve_insertion_order = false")
 
 
-def _owner_only(path: Path) -> None:
+def owner_only(path: Path) -> None:
+    """Make a DuckDB file (and its WAL) readable and writable by its owner only."""
     for p in (path, path.with_name(path.name + ".wal")):
         with contextlib.suppress(FileNotFoundError):
             os.chmod(p, 0o600)
+
+
+@contextlib.contextmanager
+def private_files() -> Iterator[None]:
+    """Files created meanwhile (the store, its WAL, the stage) are readable by the owner only.
+
+    DuckDB creates the WAL at the first write, long after we could chmod it; the umask is the
+    one way to have it private from the moment it exists. Process-wide, so held only for the
+    span of a cycle or an edit.
+    """
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 @contextlib.contextmanager
@@ -211,6 +229,8 @@ def open_store(
         yield con
     finally:
         con.close()
+        if not read_only:
+            owner_only(path)
 
 
 def ensure_fixed_tables(con: duckdb.DuckDBPyConnection) -> None:

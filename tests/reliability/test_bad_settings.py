@@ -127,12 +127,6 @@ def test_preflight_errors_are_one_line_and_write_nothing(
     assert list(tiny.write_attempts) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="settings.SyncSettings.load puts PyYAML's multi-line exception text (problem, "
-    "context and a caret drawing over several lines) into the SettingsError, so the CLI "
-    "error is not one line; use exc.problem and problem_mark.line/column only",
-)
 def test_malformed_yaml_is_one_line_naming_the_line(tiny: Simulator, tmp_path: Path) -> None:
     db = tmp_path / "data" / "dynsync.duckdb"
     env = _env(tiny, tmp_path, "account_fields: [name, industrycode\ncontact_fields: []\n", db)
@@ -229,16 +223,7 @@ def runtime_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
         yield runs
 
 
-STACK_TRACE_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="cli.run_sync_job runs the job with Dagster's console logger at WARNING, so a failed "
-    "step prints Dagster's STEP_FAILURE event with the whole stack trace to stderr before the "
-    "one-line `dynsync sync:` message; run it with the console logger at CRITICAL (the "
-    "message is taken from the step failure event anyway)",
-)
-
-
-@pytest.mark.parametrize("case", [pytest.param(c, marks=STACK_TRACE_BUG) for c in sorted(RUNTIME)])
+@pytest.mark.parametrize("case", sorted(RUNTIME))
 def test_runtime_errors_are_one_line_and_change_nothing(
     runtime_runs: dict[str, Ran], case: str
 ) -> None:

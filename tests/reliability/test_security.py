@@ -292,13 +292,6 @@ def test_store_is_readable_by_its_owner_only(tiny: Simulator, tmp_path: Path) ->
     assert all(m == "0o600" for n, m in modes.items() if n.startswith(store.name)), modes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stage.Stage creates the scratch DuckDB file (db + '.stage') with duckdb's default "
-    "mode (0644 under the usual umask) and never chmods it; a failed full read keeps it on "
-    "disk with a copy of the Dynamics rows, readable by every local user. Create it 0600 "
-    "like the store (store._owner_only)",
-)
 def test_a_kept_stage_file_is_readable_by_its_owner_only(tiny: Simulator, tmp_path: Path) -> None:
     store = tmp_path / "private" / "dynsync.duckdb"
     with Zygote(tmp_path) as zygote:
