@@ -1,7 +1,8 @@
 """A real `dagster dev` (webserver and daemon) on a free loopback port, against the simulator.
 
-Session-scoped: starting Dagster costs ~20 s, so the GraphQL test and the browser test share
-one deployment. Everything listens on 127.0.0.1 and talks only to 127.0.0.1.
+Package-scoped: starting Dagster costs ~20 s, so the GraphQL test and the browser test share
+one deployment, which stops when the last test here is done (not at the end of the whole
+suite). Everything listens on 127.0.0.1 and talks only to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -106,9 +107,9 @@ class DagsterDev:
         )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def e2e_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
-    """The simulator in this process (like tests/conftest.py's `sim`, but for the session)."""
+    """The simulator in this process (like tests/conftest.py's `sim`, shared by the package)."""
     with Simulator(E2E_SPEC, state_dir=tmp_path_factory.mktemp("e2e-sim")) as sim:
         yield sim
 
@@ -174,19 +175,9 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def dagster_dev(
-    e2e_sim: Simulator,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[DagsterDev]:
-    work = tmp_path_factory.mktemp("dagster-dev")
-    home = work / "dagster_home"
-    home.mkdir()
-    # The committed instance config (pools, run queue, retries), in a throwaway DAGSTER_HOME.
-    shutil.copy(REPO_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
-    db = work / "dynsync.duckdb"
+def _launch(env: dict[str, str], work: Path, attempt: int) -> DagsterDev:
     port = free_loopback_port()
-    log_path = work / "dagster-dev.log"
+    log_path = work / f"dagster-dev-{attempt}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [
@@ -202,18 +193,57 @@ def dagster_dev(
                 str(REPO_ROOT / "workspace.yaml"),
             ],
             cwd=work,  # not the repo: dagster dev must not pick up a stray dagster.yaml there
-            env=_dagster_env(e2e_sim, home, db),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so teardown can kill all of it
         )
-    dev = DagsterDev(url=f"http://127.0.0.1:{port}", home=home, db=db, log_path=log_path, proc=proc)
+    return DagsterDev(
+        url=f"http://127.0.0.1:{port}",
+        home=Path(env["DAGSTER_HOME"]),
+        db=Path(env["DYNSYNC_DUCKDB_PATH"]),
+        log_path=log_path,
+        proc=proc,
+    )
+
+
+@pytest.fixture(scope="package")
+def dagster_dev(
+    e2e_sim: Simulator,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[DagsterDev]:
+    work = tmp_path_factory.mktemp("dagster-dev")
+    home = work / "dagster_home"
+    home.mkdir()
+    # The committed instance config (pools, run queue, retries), in a throwaway DAGSTER_HOME.
+    shutil.copy(REPO_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    env = _dagster_env(e2e_sim, home, work / "dynsync.duckdb")
+    dev = _launch(env, work, attempt=1)
     try:
+        if _port_clash(dev):
+            # The free port was taken before the webserver bound it (~15 s later): once more.
+            _stop(dev.proc)
+            dev.session.close()
+            dev = _launch(env, work, attempt=2)
         dev.wait_for(
             "the webserver and the dynsync code location", lambda: _ready(dev), START_TIMEOUT_S
         )
         yield dev
     finally:
         dev.session.close()
-        _stop(proc)
+        _stop(dev.proc)
+
+
+def _port_clash(dev: DagsterDev) -> bool:
+    """Wait until `dagster dev` serves (False) or its webserver could not bind (True). The
+    webserver logs the bind error but does not exit, so read the log."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while dev.proc.poll() is None and time.monotonic() < deadline:
+        if "address already in use" in dev.log_tail(400).lower():
+            return True
+        with contextlib.suppress(requests.RequestException):
+            if dev.session.get(f"{dev.url}/server_info", timeout=5).status_code == 200:
+                return "address already in use" in dev.log_tail(400).lower()
+        time.sleep(1.0)
+    return False
