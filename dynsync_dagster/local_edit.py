@@ -13,7 +13,14 @@ from pathlib import Path
 import duckdb
 
 from .merge import ACTIVITY_TYPE, SOURCE_LOCAL, literal
-from .store import ensure_fixed_tables, open_store, private_files, quote, table_columns
+from .store import (
+    ensure_fixed_tables,
+    open_store,
+    private_files,
+    quote,
+    rewrite_rows,
+    table_columns,
+)
 
 REASON_LOCAL = "Account field edited locally (not sent to Dynamics)"
 
@@ -136,14 +143,18 @@ def _apply(
         """,
         params,
     )
-    sets = f"{col} = CAST($v AS {duck_type})"
+    replace = {f"account_{field}": f"CAST($v AS {duck_type})"}
     set_params = {"acc": account_id, "v": typed}
     if has_label:
-        sets += f", {quote(label_col)} = $label"
+        replace[label_col] = "$label"
         set_params["label"] = label
-    con.execute(
-        f"UPDATE contacts SET {sets} WHERE accountid = CAST($acc AS UUID) AND NOT is_deleted",
-        set_params,
+    rewrite_rows(
+        con,
+        "contacts",
+        "contactid",
+        replace,
+        "(SELECT contactid FROM contacts WHERE accountid = CAST($acc AS UUID) AND NOT is_deleted)",
+        params=set_params,
     )
     con.execute(
         "DELETE FROM local_edits WHERE accountid = CAST(? AS UUID) AND field = ?",

@@ -12,7 +12,7 @@ from datetime import datetime
 import duckdb
 
 from .fields import FieldPlan, FieldSpec
-from .store import SchemaChange, quote
+from .store import SchemaChange, quote, rewrite_rows
 
 ACTIVITY_TYPE = "Change Data Value"
 SOURCE_SYNC = "Dynamics sync"
@@ -205,14 +205,19 @@ def _apply_contacts(
         """
     )
     membership = ["accountid", "parentcustomerid", "parentcustomerid_type"]
-    sets = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in [*membership, *own])
-    con.execute(
-        f"""
-        UPDATE contacts c SET {sets}, modifiedon = s.modifiedon, versionnumber = s.versionnumber,
-            is_deleted = false, deleted_at = NULL, last_synced_at = $now, last_run_id = $run
-        FROM con_upd s WHERE c.contactid = s.contactid AND NOT s.is_new
-        """,
-        {"now": ctx.now, "run": ctx.run_id},
+    rewrite_rows(
+        con,
+        "contacts",
+        "contactid",
+        {
+            **{c: f"v.{quote(c)}" for c in [*membership, *own, "modifiedon", "versionnumber"]},
+            "is_deleted": "false",
+            "deleted_at": "NULL",
+            "last_synced_at": "$now",
+            "last_run_id": "$run",
+        },
+        "(SELECT * FROM con_upd WHERE NOT is_new)",
+        params={"now": ctx.now, "run": ctx.run_id},
     )
     # Rule 4: a new contact takes its account's values as part of the record (no activity).
     names = ["contactid", *membership, *own, "modifiedon", "versionnumber"]
@@ -290,51 +295,62 @@ def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: Merg
     fresh = ctx.schema.new_account_fields()
     logged = [f.name for f in fields if f.name not in fresh]
     if logged:
+        # Rows that are logged get their text values; suppressed ones are only counted.
         diffs = " UNION ALL ".join(
             f"SELECT contactid, coalesce(new_accountid, old_accountid) AS accountid, "
             f"{literal(n)} AS attribute, CAST({quote('old_' + n)} AS VARCHAR) AS old_value, "
-            f"CAST({quote('new_' + n)} AS VARCHAR) AS new_value, reason, occurred_at, "
-            f"suppressed, contact_count FROM prop_vals "
-            f"WHERE {quote('old_' + n)} IS DISTINCT FROM {quote('new_' + n)}"
+            f"CAST({quote('new_' + n)} AS VARCHAR) AS new_value, reason, occurred_at "
+            f"FROM prop_vals WHERE NOT suppressed "
+            f"AND {quote('old_' + n)} IS DISTINCT FROM {quote('new_' + n)}"
             for n in logged
         )
-        con.execute(f"CREATE OR REPLACE TEMP TABLE prop_diffs AS {diffs}")
-        con.execute(
+        inserted = con.execute(
             f"""
             INSERT INTO activity_log (activity_type, contactid, accountid, attribute, old_value,
                 new_value, source, reason, occurred_at, run_id, logged_at)
             SELECT {literal(ACTIVITY_TYPE)}, contactid, accountid, attribute, old_value, new_value,
                    {literal(SOURCE_SYNC)}, reason, occurred_at, $run, $now
-            FROM prop_diffs WHERE NOT suppressed
+            FROM ({diffs})
             ORDER BY occurred_at, contactid, attribute
             """,
             {"run": ctx.run_id, "now": ctx.now},
         )
-        counts.activities_logged = _scalar(
-            con, "SELECT count(*) FROM prop_diffs WHERE NOT suppressed"
-        )
-        con.execute(
-            """
-            INSERT INTO activity_suppressions (run_id, accountid, contact_count, contact_limit,
-                attributes, rows_suppressed, occurred_at, logged_at)
-            SELECT $run, accountid, any_value(contact_count), $limit, list_sort(list(DISTINCT attribute)),
-                   count(*), max(occurred_at), $now
-            FROM prop_diffs WHERE suppressed GROUP BY accountid
-            """,
-            {"run": ctx.run_id, "now": ctx.now, "limit": ctx.contact_limit},
+        counts.activities_logged = int(inserted.fetchone()[0])  # DuckDB returns the row count
+        suppressed = " UNION ALL ".join(
+            f"SELECT new_accountid AS accountid, {literal(n)} AS attribute, count(*) AS n, "
+            f"any_value(contact_count) AS contact_count, max(occurred_at) AS occurred_at "
+            f"FROM prop_vals WHERE suppressed "
+            f"AND {quote('old_' + n)} IS DISTINCT FROM {quote('new_' + n)} GROUP BY new_accountid"
+            for n in logged
         )
         rows = con.execute(
-            "SELECT CAST(accountid AS VARCHAR), any_value(contact_count), count(*) "
-            "FROM prop_diffs WHERE suppressed GROUP BY accountid ORDER BY accountid"
+            f"""
+            SELECT CAST(accountid AS VARCHAR), any_value(contact_count), sum(n),
+                   list_sort(list(attribute)), max(occurred_at)
+            FROM ({suppressed}) GROUP BY accountid ORDER BY accountid
+            """
         ).fetchall()
+        if rows:
+            con.executemany(
+                """
+                INSERT INTO activity_suppressions (run_id, accountid, contact_count, contact_limit,
+                    attributes, rows_suppressed, occurred_at, logged_at)
+                VALUES (?, CAST(? AS UUID), ?, ?, ?, ?, ?, ?)
+                """,
+                [
+                    [ctx.run_id, a, n, ctx.contact_limit, attrs, r, at, ctx.now]
+                    for a, n, r, attrs, at in rows
+                ],
+            )
         counts.suppressed_accounts = [
-            {"accountid": a, "contacts": int(n), "rows_suppressed": int(r)} for a, n, r in rows
+            {"accountid": a, "contacts": int(n), "rows_suppressed": int(r)}
+            for a, n, r, _attrs, _at in rows
         ]
-        counts.activities_suppressed = sum(r[2] for r in rows)
-        con.execute("DROP TABLE prop_diffs")
+        counts.activities_suppressed = sum(int(r[2]) for r in rows)
     # Write only the columns, and the contacts, whose value changes: DuckDB's UPDATE costs
     # grow with every column it touches, and most cycles change a few fields.
     diff = {c: f"{quote('old_' + c)} IS DISTINCT FROM {quote('new_' + c)}" for c in cols}
+    qualified = {c: f"v.{quote('old_' + c)} IS DISTINCT FROM v.{quote('new_' + c)}" for c in cols}
     changed_counts = con.execute(
         "SELECT "
         + ", ".join(f"count(*) FILTER (WHERE {d})" for d in diff.values())
@@ -342,10 +358,13 @@ def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: Merg
     ).fetchone()
     changed = [c for c, n in zip(cols, changed_counts, strict=True) if n]
     if changed:
-        sets = ", ".join(f"{quote('account_' + c)} = v.{quote('new_' + c)}" for c in changed)
-        con.execute(
-            f"UPDATE contacts c SET {sets} FROM prop_vals v WHERE c.contactid = v.contactid "
-            f"AND ({' OR '.join(diff[c] for c in changed)})"
+        rewrite_rows(
+            con,
+            "contacts",
+            "contactid",
+            {f"account_{c}": f"v.{quote('new_' + c)}" for c in changed},
+            "prop_vals",
+            where="WHERE " + " OR ".join(qualified[c] for c in changed),
         )
     con.execute("DROP TABLE prop_vals")
 

@@ -36,6 +36,9 @@ _ARROW = {
 }
 
 
+CHECKPOINT_PAGES = 10  # pages per stage commit during a full read
+
+
 class PageFormatError(ValueError):
     """A page had a value the field's metadata type does not allow."""
 
@@ -105,6 +108,8 @@ class Stage:
     deleted: dict[str, int] = field(default_factory=lambda: {"account": 0, "contact": 0})
     _con: duckdb.DuckDBPyConnection | None = None
     _seq: int = 0
+    _in_transaction: bool = False
+    _pages_uncommitted: int = 0
 
     def __post_init__(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -186,10 +191,29 @@ class Stage:
         ).fetchone()
         return Progress(*row) if row else None
 
-    def checkpoint(self, entity: str, progress: Progress | None) -> None:
-        """Record how far a full read got; None forgets it (reads that are cheap to redo)."""
+    def _write(self) -> duckdb.DuckDBPyConnection:
+        """The connection, inside a transaction: pages are committed in batches, together
+        with their checkpoint, instead of one commit (and WAL flush) per page."""
         assert self._con is not None
-        self._con.execute("DELETE FROM progress WHERE entity = ?", [entity])
+        if not self._in_transaction:
+            self._con.execute("BEGIN TRANSACTION")
+            self._in_transaction = True
+        return self._con
+
+    def commit(self) -> None:
+        if self._con is not None and self._in_transaction:
+            self._con.execute("COMMIT")
+            self._in_transaction = False
+            self._pages_uncommitted = 0
+
+    def checkpoint(self, entity: str, progress: Progress | None) -> None:
+        """Record how far a full read got; None forgets it (reads that are cheap to redo).
+
+        Rows and checkpoint commit together every CHECKPOINT_PAGES pages: a crash loses at
+        most that many pages, and never leaves rows without the checkpoint that covers them.
+        """
+        con = self._write()
+        con.execute("DELETE FROM progress WHERE entity = ?", [entity])
         if progress is not None:
             self._con.execute(
                 "INSERT INTO progress VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -203,6 +227,9 @@ class Stage:
                     progress.started_at,
                 ],
             )
+        self._pages_uncommitted += 1
+        if progress is None or progress.complete or self._pages_uncommitted >= CHECKPOINT_PAGES:
+            self.commit()
 
     def has_checkpoint(self) -> bool:
         if self._con is None:
@@ -237,8 +264,8 @@ class Stage:
         arrays["_seq"] = pa.array(range(self._seq, self._seq + n), type=pa.int64())
         self._seq += n
         page = pa.table(arrays)  # noqa: F841 - read by DuckDB's replacement scan below
-        assert self._con is not None
-        self._con.execute(f"INSERT INTO stage_{entity} BY NAME SELECT * FROM page")
+        con = self._write()
+        con.execute(f"INSERT INTO stage_{entity} BY NAME SELECT * FROM page")
         if gone:
             ids = pa.table({"id": pa.array(gone, pa.string())})  # noqa: F841
             self._con.execute(
@@ -273,6 +300,7 @@ class Stage:
         Done here, in the stage file, because one DuckDB transaction may write only one
         attached database: the store's transaction then only reads from the stage.
         """
+        self.commit()
         assert self._con is not None
         self._con.execute(
             "CREATE OR REPLACE TABLE choice_options "
@@ -337,6 +365,8 @@ class Stage:
 
     def close(self) -> None:
         if self._con is not None:
+            with contextlib.suppress(duckdb.Error):  # an aborted transaction just rolls back
+                self.commit()
             self._con.close()
             self._con = None
             owner_only(self.path)
