@@ -6,7 +6,10 @@ before it, so every account a fetched contact names is in the (later) account re
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -374,7 +377,7 @@ def _drain(
     with its rows, so a failed full read resumes where it stopped.
     """
     link = None
-    for page in pages:
+    for page in _prefetched(pages):
         stage.add_rows(entity, page.rows)
         link = page.delta_link or link
         if checkpoint is not None:
@@ -391,6 +394,53 @@ def _drain(
                 ),
             )
     return link
+
+
+def _prefetched(pages: Iterator[Page], depth: int = 2) -> Iterator[Page]:
+    """Fetch the next page on a worker thread while the caller stages this one.
+
+    The socket read and DuckDB's insert both release the GIL, so the network wait of one page
+    overlaps the staging of the previous. At most `depth` pages are held; an error in the
+    fetch is raised here, in order, after the pages before it.
+    """
+    done = object()
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def fetch() -> None:
+        try:
+            for page in pages:
+                while not stop.is_set():
+                    try:
+                        handoff.put(page, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            handoff.put(done)
+        except BaseException as exc:  # handed over and re-raised in the caller's thread
+            handoff.put(exc)
+
+    worker = threading.Thread(target=fetch, name="dynsync-fetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        # Unblock a worker waiting to hand over a page or an error, then let it finish the
+        # request it may be in (bounded; it is a daemon thread either way).
+        deadline = time.monotonic() + 30
+        while worker.is_alive() and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                handoff.get_nowait()
+            worker.join(timeout=0.05)
 
 
 def _with_cursor(con, state: ReaderState) -> ReaderState:
