@@ -418,7 +418,9 @@ def _odata_pages(
 ) -> Iterator[list[dict[str, Any]]]:
     """Pages of one entity set: the same $select and Prefer as dynsync's first read."""
     session, token, ca = http
-    prefer = f'odata.maxpagesize={PAGE_SIZE}, odata.include-annotations="*"'
+    from dynsync_dagster.stage import ANNOTATIONS  # the ceiling asks for what dynsync asks for
+
+    prefer = f'odata.maxpagesize={PAGE_SIZE}, odata.include-annotations="{ANNOTATIONS}"'
     if track:
         prefer += ", odata.track-changes"
     url: str | None = f"{env['DYNAMICS_URL']}{API}{entity_set}?$select={','.join(select)}"
