@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/install-browser.sh   # Debian's Chromium for the one real-browser test
 uv run --frozen ruff check .
 uv run --frozen pytest -q "$@"
