@@ -108,3 +108,30 @@ def test_local_edit_job_does_what_the_cli_does(sync_env: Path, definitions, sim)
         assert len(checks) == 5 and all(c.passed for c in checks), [
             (c.check_name, c.description) for c in checks if not c.passed
         ]
+
+
+def test_a_partial_selection_runs_a_whole_cycle_and_reports_only_the_selection(
+    sync_env: Path, definitions
+) -> None:
+    from dynsync_dagster.defs.assets import dynamics_sync
+    from dynsync_dagster.defs.resources import build_resources
+
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [dynamics_sync],
+            selection=["activity_log"],
+            partition_key=today,
+            resources=build_resources(),
+            instance=instance,
+        )
+        assert result.success
+        keys = {
+            m.asset_key.to_user_string()
+            for m in result.asset_materializations_for_node("dynamics_sync")
+        }
+        assert keys == {"activity_log"}
+    from dynsync_dagster.store import open_store
+
+    with open_store(sync_env, read_only=True) as con:  # the whole cycle still committed
+        assert con.execute("SELECT count(*) FROM contacts").fetchone()[0] > 0

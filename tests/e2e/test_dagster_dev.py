@@ -6,8 +6,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
-
 from .conftest import DagsterDev
 
 RUN_TIMEOUT_S = 240
@@ -260,16 +258,6 @@ def test_dagster_dev_graph_lineage_run_and_backfill(dagster_dev: DagsterDev) -> 
     assert by_run == set(days)
 
 
-@pytest.mark.xfail(
-    reason="Dagster 1.13: the webserver rejects a pure asset backfill (what the asset graph's "
-    "'Materialize all' sends) of the non-subsettable dynamics_sync multi-asset: "
-    "assert_valid_asset_partition_backfill compares TimeWindowPartitionsSubsets with "
-    "tuple.__ne__, so a computed vs lazy num_partitions reads as different partitions. Whether "
-    "it happens depends on the webserver's hash seed (pinned here to one that shows it). "
-    "can_subset=True on dynamics_sync avoids the check.",
-    raises=AssertionError,  # GraphQLError included: the webserver answers 500 + PythonError
-    strict=False,
-)
 def test_asset_graph_backfill_of_a_range_launches(dagster_dev: DagsterDev) -> None:
     """The request the UI's asset graph sends for a date range (captured from the browser)."""
     synced = ["accounts", "activity_log", "contacts", "sync_fields", "sync_runs"]
