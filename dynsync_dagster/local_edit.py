@@ -124,13 +124,9 @@ def _apply(
 
     col = quote(f"account_{field}")
     params = {"acc": account_id, "v": typed, "t": edited_at, "run": run_id}
-    changed = con.execute(
-        f"SELECT count(*) FROM contacts WHERE accountid = CAST($acc AS UUID) AND NOT is_deleted "
-        f"AND {col} IS DISTINCT FROM CAST($v AS {duck_type})",
-        {"acc": account_id, "v": typed},
-    ).fetchone()[0]
     # Rule 6: one Local update row per contact whose value changes, whatever the account's size.
-    con.execute(
+    # DuckDB returns the number of rows an INSERT wrote: the contacts whose value changes.
+    changed = con.execute(
         f"""
         INSERT INTO activity_log (activity_type, contactid, accountid, attribute, old_value,
             new_value, source, reason, occurred_at, run_id, logged_at)
@@ -142,7 +138,7 @@ def _apply(
           AND {col} IS DISTINCT FROM CAST($v AS {duck_type})
         """,
         params,
-    )
+    ).fetchone()[0]
     replace = {f"account_{field}": f"CAST($v AS {duck_type})"}
     set_params = {"acc": account_id, "v": typed}
     if has_label:
