@@ -151,9 +151,7 @@ def _run_cycle(
         for warning in plan.warnings:
             log.warning(warning)
         schema = plan_schema_change(columns, plan)
-        # Backfill windows stage apart, so they never disturb a checkpointed full read.
-        suffix = ".stage-window" if options.window else ".stage"
-        stage = Stage(db_path.with_name(db_path.name + suffix), plan)
+        stage = Stage(db_path.with_name(db_path.name + ".stage"), plan)
         modes: dict[str, str] = {}
         new_states: dict[str, ReaderState] = {}
         reconcile: dict[str, bool] = {}
@@ -161,6 +159,13 @@ def _run_cycle(
             state, mode = _fetch_entity(
                 client, stage, plan, schema, entity, states.get(entity), options
             )
+            if options.window is not None:
+                # A backfill is a scheduled cycle plus a re-read of its window, read last so
+                # its sightings win. Catching up first matters: a window read alone cannot
+                # see deletions, so it would propagate an account change onto a contact
+                # Dynamics had already deleted, and the store would depend on which of the
+                # backfill and the scheduled run came first.
+                _drain(stage, entity, _modified(client, plan, entity, *options.window))
             modes[entity] = mode
             reconcile[entity] = mode in ("full", "resync")
             if state is not None:
@@ -194,9 +199,8 @@ def _run_cycle(
                 )
                 counts = apply_cycle(con, ctx)
                 record_errors = record_sync_errors(con, run_id, now)
-                if options.window is None:
-                    for s in new_states.values():
-                        write_reader_state(con, _with_cursor(con, s), run_id)
+                for s in new_states.values():
+                    write_reader_state(con, _with_cursor(con, s), run_id)
                 write_field_decisions(con, plan, run_id, now)
                 write_lineage(con, plan, now)
                 stats = client.stats
@@ -277,25 +281,11 @@ def _fetch_entity(
     tracking = plan.change_tracking[entity]
     now = datetime.now(UTC)
 
-    def modified(since: datetime, until: datetime | None = None) -> Iterator[Page]:
-        """Records modified in [since, until), oldest first (a cursor or a backfill window)."""
-        window = f"modifiedon ge {odata_time(since)}"
-        if until is not None:
-            window += f" and modifiedon lt {odata_time(until)}"
-        return client.iter_pages(
-            entity_set,
-            select=select,
-            filter=window,
-            orderby=f"modifiedon asc,{key} asc",
-            annotations=ANNOTATIONS,
-        )
+    def modified(since: datetime) -> Iterator[Page]:
+        return _modified(client, plan, entity, since)
 
     def delta(link: str) -> Iterator[Page]:
         return client.iter_link(link, track_changes=True, annotations=ANNOTATIONS)
-
-    if options.window is not None:
-        _drain(stage, entity, modified(*options.window))
-        return None, "window"
 
     resumed = stage.progress(entity)
     if resumed is not None and resumed.select_list == select_list:
@@ -354,6 +344,26 @@ def _fetch_entity(
     )
     link = _drain(stage, entity, pages, checkpoint=(mode, select_list, now))
     return _after_full(entity, link if tracking else None, select_list, now), mode
+
+
+def _modified(
+    client: DynamicsClient,
+    plan: FieldPlan,
+    entity: str,
+    since: datetime,
+    until: datetime | None = None,
+) -> Iterator[Page]:
+    """Records modified in [since, until), oldest first (a cursor or a backfill window)."""
+    window = f"modifiedon ge {odata_time(since)}"
+    if until is not None:
+        window += f" and modifiedon lt {odata_time(until)}"
+    return client.iter_pages(
+        ENTITY_SET[entity],
+        select=plan.select(entity),
+        filter=window,
+        orderby=f"modifiedon asc,{PRIMARY_KEY[entity]} asc",
+        annotations=ANNOTATIONS,
+    )
 
 
 def _after_full(

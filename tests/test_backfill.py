@@ -78,7 +78,7 @@ def test_a_range_backfill_is_one_run_that_repairs_gaps_and_keeps_local_edits(
         "ORDER BY started_at DESC LIMIT 1",
     )[0]
     assert (window_start.date(), window_end.date()) == (days[0], days[2] + timedelta(days=1))
-    assert modes == "window"
+    assert modes == "delta"  # the catch-up; the window columns say it was a backfill
     in_range = [
         a
         for a in org.account_ids()
@@ -92,6 +92,39 @@ def test_a_range_backfill_is_one_run_that_repairs_gaps_and_keeps_local_edits(
         assert _q(
             env, "SELECT DISTINCT account_address1_city FROM contacts WHERE accountid = ?", [edited]
         ) == [("Kept locally",)]
-    # The incremental reader did not move: the backfill does not touch the delta links.
+    # Nothing changed since the first cycle, so the catch-up read nothing; the readers stay on
+    # change tracking.
     modes_after = _q(env, "SELECT mode FROM sync_state ORDER BY entity")
     assert modes_after == [("delta",), ("delta",)]
+
+
+def test_a_backfill_catches_up_first_so_it_ends_as_the_scheduled_cycle_would(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """A window read cannot see deletions: without the catch-up, a backfill that ran before
+    the scheduled cycle propagated an account change onto a contact Dynamics had deleted."""
+    from tests.reliability.support import canonical, cycle, sync_settings
+
+    settings = sync_settings(("name", "address1_city"), ("firstname",))
+    store, control = tmp_path / "backfilled.duckdb", tmp_path / "scheduled.duckdb"
+    cycle(sim, store, settings)
+    cycle(sim, control, settings)
+    org = sim.org
+    account = next(a for a in org.account_ids() if len(org.contacts_of(a)) >= 2)
+    gone = org.contacts_of(account)[-1]
+    org.update_account(account, address1_city="Rotterdam")
+    org.delete_contact(gone)
+
+    now = datetime.now(UTC)
+    backfill = cycle(
+        sim, store, settings, window=(now - timedelta(days=3), now + timedelta(days=1))
+    )
+    assert backfill.modes == {"account": "delta", "contact": "delta"}
+    assert backfill.deletions_read["contact"] == 1
+    logged_for_gone = _q(store, "SELECT count(*) FROM activity_log WHERE contactid = ?", [gone])
+    assert logged_for_gone == [(0,)]
+    # The backfill moved the delta links, so the scheduled cycle after it has nothing to read.
+    after = cycle(sim, store, settings)
+    assert after.rows_read == {"account": 0, "contact": 0}
+    cycle(sim, control, settings)
+    assert canonical(store) == canonical(control)

@@ -185,13 +185,11 @@ class Model:
         dynamics: Snapshot,
         account_fields: tuple[str, ...],
         contact_fields: tuple[str, ...],
-        *,
-        sees_deletes: bool = True,
     ) -> None:
         """Bring the store to what Dynamics holds, logging what the rules say to log.
 
-        A backfill window re-reads the records that exist but cannot see deletions
-        (`sees_deletes=False`); the next regular cycle flags them.
+        A backfill is the same: it catches up like a scheduled cycle before re-reading its
+        window, so it sees deletions too.
         """
         fresh = set(account_fields) - set(self.account_fields)  # first values, no activity
         self.account_fields, self.contact_fields = account_fields, contact_fields
@@ -208,7 +206,7 @@ class Model:
                 updated.add(aid)
             stored.version, stored.values = dyn.version, values
         for aid, stored in self.accounts.items():
-            if aid not in dynamics.accounts and sees_deletes:
+            if aid not in dynamics.accounts:
                 stored.deleted = True
 
         # Rule 5: Dynamics speaking after a local edit overwrites it.
@@ -247,7 +245,7 @@ class Model:
                     self.activity.append((cid, dyn.accountid or left, f, old, new, SYNC))
             stored.account_values = new_values
         for cid, stored in self.contacts.items():
-            if cid not in dynamics.contacts and sees_deletes:
+            if cid not in dynamics.contacts:
                 stored.deleted = True
 
     # ---- a local edit -------------------------------------------------------------------------

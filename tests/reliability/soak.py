@@ -497,7 +497,6 @@ def _soak(cycles: int, seed: int, workdir: Path, log: Callable[[str], None]) -> 
                     Snapshot.of(sim.org),
                     selection.synced_account(),
                     selection.synced_contact(),
-                    sees_deletes=not backfill,
                 )
             elif must_succeed:
                 problems.append(f"cycle {n} failed although its fault is retried: {error}")
@@ -536,7 +535,7 @@ def results_markdown(report: SoakReport, command: str) -> str:
 | Dynamics changes | {changes} |
 | local edits | {report.edits["made"]} made, {report.edits["refused"]} refused as the model predicted |
 | field selection / security changes | {report.selection_changes} |
-| backfill cycles (a date range re-read, deletes unseen) | {report.backfills} |
+| backfill cycles (a catch-up, then a date range re-read) | {report.backfills} |
 | activity rows compared | {rows} |
 | rows kept out of the log by the contact limit ({CONTACT_LIMIT}) | {report.suppressed_rows} |
 | compared after every cycle | accounts (key, deleted flag, versionnumber, synced fields), contacts (key, deleted flag, account, own fields, every `account_<field>`), which field columns exist, the activity log row for row on (contactid, accountid, attribute, old_value, new_value, source), and the rows recorded as suppressed |
