@@ -93,8 +93,13 @@ def apply_cycle(con: duckdb.DuckDBPyConnection, ctx: MergeContext) -> MergeCount
         for t in ("accounts", "contacts")
     }
     _apply_accounts(con, ctx, counts, refill["accounts"])
-    _apply_contacts(con, ctx, counts, refill["contacts"])
-    _repropagate(con, ctx, counts)
+    if refill["contacts"]:
+        _apply_contacts(con, ctx, counts, refill["contacts"])
+        _repropagate(con, ctx, counts)
+    else:
+        # No contact existed before this cycle: none can change, move or be deleted, and
+        # none needs its account values re-propagated.
+        _insert_first_contacts(con, ctx, counts)
     if refill["contacts"]:
         _refill_new_account_columns(con, ctx)
     for t in ("acc_upd", "con_upd", "prop"):
@@ -178,22 +183,59 @@ def _mark_deleted(
     )
     if ctx.reconcile_deletes.get(entity):
         # A full read saw every live record: anything stored but not seen is gone in Dynamics.
+        # Seen means staged at all: a record set aside for a value it cannot store still
+        # exists in Dynamics (the raw stage rows, not the typed view, which leaves it out).
         con.execute(
             f"""
             UPDATE {table} t SET is_deleted = true, deleted_at = $now, last_run_id = $run
             WHERE NOT t.is_deleted
-              AND NOT EXISTS (SELECT 1 FROM stage.{stage_table} s WHERE s.{key} = t.{key})
+              AND NOT EXISTS (SELECT 1 FROM stage.stage_{entity} s
+                              WHERE NOT s._deleted AND TRY_CAST(s.id AS UUID) = t.{key})
             """,
             {"now": ctx.now, "run": ctx.run_id},
         )
     return _scalar(con, f"SELECT count(*) FROM {table} WHERE is_deleted") - before
 
 
+def _new_contact_columns(ctx: MergeContext) -> tuple[list[str], list[str]]:
+    membership = ["accountid", "parentcustomerid", "parentcustomerid_type"]
+    names = ["contactid", *membership, *contact_columns(ctx.plan), "modifiedon", "versionnumber"]
+    return names, account_columns(ctx.plan)
+
+
+def _insert_new_contacts(
+    con: duckdb.DuckDBPyConnection, ctx: MergeContext, source: str, account_filter: str
+) -> None:
+    """Rule 4: a new contact takes its account's values as part of the record (no activity)."""
+    names, acc = _new_contact_columns(ctx)
+    target = ", ".join(quote(c) for c in [*names, *(f"account_{c}" for c in acc)])
+    values = ", ".join([*(f"s.{quote(c)}" for c in names), *(f"eff.{quote(c)}" for c in acc)])
+    eff = effective_accounts_sql(ctx.plan.synced("account"), account_filter)
+    con.execute(
+        f"""
+        INSERT INTO contacts ({target}, first_synced_at, last_synced_at, last_run_id)
+        SELECT {values}, $now, $now, $run
+        FROM {source} s LEFT JOIN ({eff}) eff ON eff.accountid = s.accountid
+        """,
+        {"now": ctx.now, "run": ctx.run_id},
+    )
+
+
+def _insert_first_contacts(
+    con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: MergeCounts
+) -> None:
+    """The first load of contacts: straight from the stage, without an upsert set."""
+    live = "(SELECT * FROM stage.s_contact WHERE NOT _deleted)"
+    _insert_new_contacts(con, ctx, live, "")
+    counts.contacts_inserted = counts.contacts_upserted = _scalar(
+        con, "SELECT count(*) FROM contacts"
+    )
+
+
 def _apply_contacts(
     con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: MergeCounts, refill: bool
 ) -> None:
     own = contact_columns(ctx.plan)
-    acc = account_columns(ctx.plan)
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE con_upd AS
@@ -219,25 +261,15 @@ def _apply_contacts(
         "(SELECT * FROM con_upd WHERE NOT is_new)",
         params={"now": ctx.now, "run": ctx.run_id},
     )
-    # Rule 4: a new contact takes its account's values as part of the record (no activity).
-    names = ["contactid", *membership, *own, "modifiedon", "versionnumber"]
-    target = ", ".join(quote(c) for c in [*names, *(f"account_{c}" for c in acc)])
-    source = ", ".join([*(f"s.{quote(c)}" for c in names), *(f"eff.{quote(c)}" for c in acc)])
-    eff = effective_accounts_sql(
-        ctx.plan.synced("account"),
-        "WHERE a.accountid IN (SELECT accountid FROM con_upd WHERE is_new)",
-    )
-    con.execute(
-        f"""
-        INSERT INTO contacts ({target}, first_synced_at, last_synced_at, last_run_id)
-        SELECT {source}, $now, $now, $run
-        FROM con_upd s LEFT JOIN ({eff}) eff ON eff.accountid = s.accountid
-        WHERE s.is_new
-        """,
-        {"now": ctx.now, "run": ctx.run_id},
-    )
     counts.contacts_upserted = _scalar(con, "SELECT count(*) FROM con_upd")
     counts.contacts_inserted = _scalar(con, "SELECT count(*) FROM con_upd WHERE is_new")
+    if counts.contacts_inserted:
+        _insert_new_contacts(
+            con,
+            ctx,
+            "(SELECT * FROM con_upd WHERE is_new)",
+            "WHERE a.accountid IN (SELECT accountid FROM con_upd WHERE is_new)",
+        )
     added = [c for c in ctx.schema.added.get("contacts", []) if not c.startswith("account_")]
     if added and refill:
         fill = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in added)

@@ -119,7 +119,7 @@ class Stage:
             self._create(signature)
 
     def _signature(self) -> str:
-        parts = ["stage v2"] + [
+        parts = ["stage v3"] + [
             f"{e}:{','.join(f'{c.name}:{c.arrow}' for c in cols)}"
             for e, cols in self._columns.items()
         ]
@@ -154,7 +154,7 @@ class Stage:
                 con.close()
                 return False
             for entity in ("account", "contact"):
-                con.execute(f"DROP TABLE IF EXISTS s_{entity}")
+                con.execute(f"DROP VIEW IF EXISTS s_{entity}")
                 con.execute(f"DROP TABLE IF EXISTS err_{entity}")
             self._seq = int(
                 con.execute(
@@ -357,8 +357,10 @@ class Stage:
                 if unique
                 else (f"AND _seq IN (SELECT max(_seq) FROM stage_{entity} GROUP BY id)")
             )
+            # A view, not a copy: the store's merge reads it once, and copying a million
+            # typed rows here first would cost as much as that read.
             self._con.execute(
-                f"CREATE TABLE s_{entity} AS SELECT {', '.join(typed)} FROM stage_{entity} "
+                f"CREATE VIEW s_{entity} AS SELECT {', '.join(typed)} FROM stage_{entity} "
                 f"WHERE id NOT IN (SELECT id FROM err_{entity}) {latest}"
             )
         self.close()

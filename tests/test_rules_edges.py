@@ -122,6 +122,24 @@ def test_a_record_with_an_unstorable_value_lands_in_sync_errors(harness: Harness
     assert harness.scalar("SELECT count(*) FROM accounts") == len(org.account_ids()) - 1
 
 
+def test_a_full_read_does_not_take_a_record_set_aside_for_deleted(harness: Harness) -> None:
+    org = harness.sim.org
+    org.add_attribute("account", "new_score", "DecimalType", precision=2)
+    harness.cycle()
+    bad = _sized(harness, 8)
+    org.update_account(bad, new_score=1e40, name="Renamed with a bad score")
+    s = harness.settings
+    harness.settings = s.__class__((*s.account_fields, "new_score"), s.contact_fields, 5000)
+    result = harness.cycle()  # a new field: every account is read again, deletions reconciled
+    assert result.modes["account"] == "full" and result.record_errors == 1
+    # The record exists in Dynamics: it keeps its last stored values and is not deleted.
+    assert harness.scalar("SELECT is_deleted FROM accounts WHERE accountid = ?", [bad]) is False
+    assert harness.scalar("SELECT count(*) FROM accounts WHERE is_deleted") == 0
+    assert harness.scalar("SELECT name FROM accounts WHERE accountid = ?", [bad]) != (
+        "Renamed with a bad score"
+    )
+
+
 def test_types_come_from_the_metadata(harness: Harness) -> None:
     harness.cycle()
     types = dict(
