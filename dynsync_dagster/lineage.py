@@ -8,7 +8,7 @@ from datetime import datetime
 import duckdb
 
 from .fields import SYSTEM_FIELDS, FieldPlan
-from .store import BASE_COLUMNS
+from .store import BASE_COLUMNS, insert_values
 
 _BASE_DESCRIPTIONS = {
     "accountid": "Primary key of the Dynamics account",
@@ -123,7 +123,7 @@ def write_lineage(con: duckdb.DuckDBPyConnection, plan: FieldPlan, now: datetime
                 )
             )
     con.execute("DELETE FROM column_lineage")
-    con.executemany("INSERT INTO column_lineage VALUES (?, ?, ?, ?, ?, ?)", rows)
+    insert_values(con, "column_lineage", rows)
 
 
 def trace(con: duckdb.DuckDBPyConnection, table: str, column: str) -> list[tuple[str, str, str]]:

@@ -53,28 +53,38 @@ class MergeContext:
 
 
 def effective_accounts_sql(fields: list[FieldSpec], where: str = "") -> str:
-    """Account values as contacts should see them: Dynamics values, overlaid by pending local edits."""
+    """Account values as contacts should see them: Dynamics values, overlaid by pending local edits.
+
+    `where` filters the accounts (alias a) before anything is joined to them, and the local
+    edits are pivoted to one row per account, so the cost follows the accounts asked for.
+    """
     cols = ["a.accountid"]
-    joins = []
+    pivot = ["accountid"]
     for i, f in enumerate(fields):
-        e = f"e{i}"
-        joins.append(
-            f"LEFT JOIN local_edits {e} ON {e}.accountid = a.accountid AND {e}.field = {literal(f.name)}"
-        )
+        has, value = f"has{i}", f"v{i}"
+        pivot += [
+            f"count(*) FILTER (WHERE field = {literal(f.name)}) > 0 AS {has}",
+            f"any_value(value) FILTER (WHERE field = {literal(f.name)}) AS {value}",
+        ]
+        edited = f"coalesce(e.{has}, false)"
         cols.append(
-            f"CASE WHEN {e}.accountid IS NULL THEN a.{quote(f.name)} "
-            f"ELSE CAST({e}.value AS {f.duck_type}) END AS {quote(f.name)}"
+            f"CASE WHEN {edited} THEN CAST(e.{value} AS {f.duck_type}) "
+            f"ELSE a.{quote(f.name)} END AS {quote(f.name)}"
         )
         if f.label_column:
             cols.append(
-                f"CASE WHEN {e}.accountid IS NULL THEN a.{quote(f.label_column)} ELSE "
+                f"CASE WHEN {edited} THEN "
                 f"(SELECT l.label FROM choice_labels l WHERE l.entity = 'account' "
-                f"AND l.field = {literal(f.name)} AND l.value = CAST({e}.value AS INTEGER)) "
-                f"END AS {quote(f.label_column)}"
+                f"AND l.field = {literal(f.name)} AND l.value = CAST(e.{value} AS INTEGER)) "
+                f"ELSE a.{quote(f.label_column)} END AS {quote(f.label_column)}"
             )
         if f.target_column:
             cols.append(f"a.{quote(f.target_column)}")
-    return f"SELECT {', '.join(cols)} FROM accounts a {' '.join(joins)} {where}"
+    edits = f"SELECT {', '.join(pivot)} FROM local_edits GROUP BY accountid"
+    return (
+        f"SELECT {', '.join(cols)} FROM (SELECT * FROM accounts a {where}) a "
+        f"LEFT JOIN ({edits}) e ON e.accountid = a.accountid"
+    )
 
 
 def account_columns(plan: FieldPlan) -> list[str]:
@@ -128,15 +138,21 @@ def _apply_accounts(
                OR (a.is_deleted AND s.versionnumber >= a.versionnumber))
         """
     )
-    sets = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in cols)
-    sets = (sets + ", ") if sets else ""
-    con.execute(
-        f"""
-        UPDATE accounts a SET {sets} modifiedon = s.modifiedon, versionnumber = s.versionnumber,
-            is_deleted = false, deleted_at = NULL, last_synced_at = $now, last_run_id = $run
-        FROM acc_upd s WHERE a.accountid = s.accountid AND NOT s.is_new
-        """,
-        {"now": ctx.now, "run": ctx.run_id},
+    # A delete and an append, like contacts: an UPDATE of a thousand scattered accounts
+    # rewrites nearly every block of the table.
+    rewrite_rows(
+        con,
+        "accounts",
+        "accountid",
+        {
+            **{c: f"v.{quote(c)}" for c in [*cols, "modifiedon", "versionnumber"]},
+            "is_deleted": "false",
+            "deleted_at": "NULL",
+            "last_synced_at": "$now",
+            "last_run_id": "$run",
+        },
+        "(SELECT * FROM acc_upd WHERE NOT is_new)",
+        params={"now": ctx.now, "run": ctx.run_id},
     )
     names = ", ".join(quote(c) for c in ["accountid", *cols, "modifiedon", "versionnumber"])
     con.execute(
@@ -247,22 +263,23 @@ def _apply_contacts(
         """
     )
     membership = ["accountid", "parentcustomerid", "parentcustomerid_type"]
-    rewrite_rows(
-        con,
-        "contacts",
-        "contactid",
-        {
-            **{c: f"v.{quote(c)}" for c in [*membership, *own, "modifiedon", "versionnumber"]},
-            "is_deleted": "false",
-            "deleted_at": "NULL",
-            "last_synced_at": "$now",
-            "last_run_id": "$run",
-        },
-        "(SELECT * FROM con_upd WHERE NOT is_new)",
-        params={"now": ctx.now, "run": ctx.run_id},
-    )
     counts.contacts_upserted = _scalar(con, "SELECT count(*) FROM con_upd")
     counts.contacts_inserted = _scalar(con, "SELECT count(*) FROM con_upd WHERE is_new")
+    if counts.contacts_upserted > counts.contacts_inserted:
+        rewrite_rows(
+            con,
+            "contacts",
+            "contactid",
+            {
+                **{c: f"v.{quote(c)}" for c in [*membership, *own, "modifiedon", "versionnumber"]},
+                "is_deleted": "false",
+                "deleted_at": "NULL",
+                "last_synced_at": "$now",
+                "last_run_id": "$run",
+            },
+            "(SELECT * FROM con_upd WHERE NOT is_new)",
+            params={"now": ctx.now, "run": ctx.run_id},
+        )
     if counts.contacts_inserted:
         _insert_new_contacts(
             con,
@@ -307,6 +324,13 @@ def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: Merg
     counts.contacts_repropagated = _scalar(con, "SELECT count(*) FROM prop")
     if counts.contacts_repropagated == 0:
         return
+    # The touched contacts, whole, in one pass: their old values below and their rewrite at
+    # the end both read this copy. Contacts of an account are scattered over the table, so
+    # every pass over them decompresses most of it.
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE touched AS "
+        "SELECT * FROM contacts WHERE contactid IN (SELECT contactid FROM prop)"
+    )
     eff = effective_accounts_sql(fields, "WHERE a.accountid IN (SELECT new_accountid FROM prop)")
     olds = ", ".join(f"c.{quote('account_' + c)} AS {quote('old_' + c)}" for c in cols)
     news = ", ".join(f"eff.{quote(c)} AS {quote('new_' + c)}" for c in cols)
@@ -316,7 +340,7 @@ def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: Merg
         CREATE OR REPLACE TEMP TABLE prop_vals AS
         SELECT p.*, {olds}, {news}, coalesce(n.contact_count, 0) AS contact_count,
                p.account_change AND coalesce(n.contact_count, 0) > $limit AS suppressed
-        FROM prop p JOIN contacts c USING (contactid)
+        FROM prop p JOIN touched c USING (contactid)
         LEFT JOIN ({eff}) eff ON eff.accountid = p.new_accountid
         LEFT JOIN (SELECT accountid, count(*) AS contact_count FROM contacts
                    WHERE NOT is_deleted AND accountid IN (SELECT accountid FROM acc_upd)
@@ -397,8 +421,10 @@ def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: Merg
             {f"account_{c}": f"v.{quote('new_' + c)}" for c in changed},
             "prop_vals",
             where="WHERE " + " OR ".join(qualified[c] for c in changed),
+            current="touched",
         )
     con.execute("DROP TABLE prop_vals")
+    con.execute("DROP TABLE touched")
 
 
 def _refill_new_account_columns(con: duckdb.DuckDBPyConnection, ctx: MergeContext) -> None:

@@ -8,6 +8,7 @@ from datetime import datetime
 import duckdb
 
 from .fields import ENTITIES, FieldPlan
+from .store import insert_values
 
 
 @dataclass(frozen=True)
@@ -81,14 +82,10 @@ def write_field_decisions(
             )
         )
     con.execute("DELETE FROM sync_fields")
-    if rows:
-        con.executemany(
-            "INSERT INTO sync_fields VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
-        )
+    insert_values(con, "sync_fields", rows)
     con.execute("DELETE FROM choice_labels")
     labels = [(f.entity, f.name, v, label) for f in specs.values() for v, label in f.options]
-    if labels:
-        con.executemany("INSERT INTO choice_labels VALUES (?, ?, ?, ?)", labels)
+    insert_values(con, "choice_labels", labels)
 
 
 SYNC_RUN_COLUMNS = (

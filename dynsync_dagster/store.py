@@ -233,6 +233,17 @@ def open_store(
             owner_only(path)
 
 
+def insert_values(con: duckdb.DuckDBPyConnection, table: str, rows: list[tuple]) -> None:
+    """Insert rows with one statement: executemany runs one statement per row (~0.3 ms each)."""
+    if not rows:
+        return
+    one = "(" + ", ".join("?" * len(rows[0])) + ")"
+    con.execute(
+        f"INSERT INTO {table} VALUES {', '.join([one] * len(rows))}",
+        [v for row in rows for v in row],
+    )
+
+
 def ensure_fixed_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(FIXED_TABLES)
     for table, base in BASE_COLUMNS.items():
@@ -319,6 +330,7 @@ def rewrite_rows(
     source: str,
     where: str = "",
     params: dict | None = None,
+    current: str | None = None,
 ) -> None:
     """UPDATE `table` rows matching `source` (aliased v) on `key`, as a delete and an append.
 
@@ -326,11 +338,12 @@ def rewrite_rows(
     account's contacts are scattered over the whole table: updating 5,000 of them cost 40x
     more than deleting them and appending the new versions. `replace` maps a column to its
     new value (an expression over t, the old row, and v); `where` filters the joined rows.
+    `current` names a copy of the rows as they are now, when the caller already made one.
     """
     new_values = ", ".join(f"{expr} AS {quote(col)}" for col, expr in replace.items())
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _rewritten AS SELECT t.* REPLACE ({new_values}) "
-        f"FROM {table} t JOIN {source} v ON t.{key} = v.{key} {where}",
+        f"FROM {current or table} t JOIN {source} v ON t.{key} = v.{key} {where}",
         params or {},
     )
     con.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM _rewritten)")
