@@ -149,7 +149,8 @@ def _apply(
         "contacts",
         "contactid",
         replace,
-        "(SELECT contactid FROM contacts WHERE accountid = CAST($acc AS UUID) AND NOT is_deleted)",
+        None,
+        where="WHERE t.accountid = CAST($acc AS UUID) AND NOT t.is_deleted",
         params=set_params,
     )
     con.execute(

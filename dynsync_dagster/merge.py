@@ -367,8 +367,7 @@ def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: Merg
             SELECT {literal(ACTIVITY_TYPE)}, contactid, accountid, attribute, old_value, new_value,
                    {literal(SOURCE_SYNC)}, reason, occurred_at, $run, $now
             FROM ({diffs})
-            ORDER BY occurred_at, contactid, attribute
-            """,
+            """,  # no ORDER BY: sorting 500,000 rows costs more than writing them
             {"run": ctx.run_id, "now": ctx.now},
         )
         counts.activities_logged = int(inserted.fetchone()[0])  # DuckDB returns the row count

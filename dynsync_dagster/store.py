@@ -327,7 +327,7 @@ def rewrite_rows(
     table: str,
     key: str,
     replace: dict[str, str],
-    source: str,
+    source: str | None,
     where: str = "",
     params: dict | None = None,
     current: str | None = None,
@@ -339,11 +339,13 @@ def rewrite_rows(
     more than deleting them and appending the new versions. `replace` maps a column to its
     new value (an expression over t, the old row, and v); `where` filters the joined rows.
     `current` names a copy of the rows as they are now, when the caller already made one.
+    Without `source`, `where` alone picks the rows (one scan instead of a join).
     """
     new_values = ", ".join(f"{expr} AS {quote(col)}" for col, expr in replace.items())
+    join = f"JOIN {source} v ON t.{key} = v.{key}" if source else ""
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _rewritten AS SELECT t.* REPLACE ({new_values}) "
-        f"FROM {current or table} t JOIN {source} v ON t.{key} = v.{key} {where}",
+        f"FROM {current or table} t {join} {where}",
         params or {},
     )
     con.execute(f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM _rewritten)")
