@@ -333,15 +333,23 @@ class Stage:
                         f'AS "{f.label_column}"'
                     )
             casts.append(("modifiedon", "TIMESTAMPTZ", "modifiedon"))
-            bad = ", ".join(
-                f'CASE WHEN "{c}" IS NOT NULL AND TRY_CAST({_source(c, t)} AS {t}) IS NULL '
-                f"THEN '{c} = ' || left(CAST(\"{c}\" AS VARCHAR), 100) END"
-                for c, t, _n in casts
+            # Only casts that can fail are checked: text to text or a 64-bit integer to BIGINT
+            # cannot, and checking them was most of this scan.
+            # The problem list is built only for the rare rows that have one.
+            staged = {c.name: _duck_of(c.arrow) for c in self._columns[entity]}
+            fallible = [(c, t) for c, t, _n in casts if staged.get(c) != t]
+            fails = {
+                c: f'("{c}" IS NOT NULL AND TRY_CAST({_source(c, t)} AS {t}) IS NULL)'
+                for c, t in fallible
+            }
+            problems = ", ".join(
+                f"CASE WHEN {fails[c]} THEN '{c} = ' || left(CAST(\"{c}\" AS VARCHAR), 100) END"
+                for c, _t in fallible
             )
             self._con.execute(
-                f"CREATE TABLE err_{entity} AS SELECT id, problems FROM ("
-                f"SELECT id, list_filter([{bad}], lambda x: x IS NOT NULL) AS problems "
-                f"FROM stage_{entity} WHERE NOT _deleted) WHERE len(problems) > 0"
+                f"CREATE TABLE err_{entity} AS SELECT id, "
+                f"list_filter([{problems or 'NULL'}], lambda x: x IS NOT NULL) AS problems "
+                f"FROM stage_{entity} WHERE NOT _deleted AND ({' OR '.join(fails.values()) or 'false'})"
             )
             typed = [f'CAST({_source(c, t)} AS {t}) AS "{n}"' for c, t, n in casts] + labels
             if entity == "contact":
