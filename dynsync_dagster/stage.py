@@ -115,6 +115,8 @@ class Stage:
     _seq: int = 0
     _in_transaction: bool = False
     _pages_uncommitted: int = 0
+    # entity -> the checkpoint to write at the next commit (None: forget the entity's)
+    _pending_progress: dict[str, Progress | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -189,6 +191,7 @@ class Stage:
 
     def progress(self, entity: str) -> Progress | None:
         assert self._con is not None
+        self._write_progress()
         row = self._con.execute(
             "SELECT mode, select_list, resume_link, delta_link, complete, started_at "
             "FROM progress WHERE entity = ?",
@@ -205,7 +208,31 @@ class Stage:
             self._in_transaction = True
         return self._con
 
+    def _write_progress(self) -> None:
+        """Write the checkpoints held since the last commit (only the newest one counts)."""
+        if not self._pending_progress:
+            return
+        con = self._write()
+        for entity, progress in self._pending_progress.items():
+            con.execute("DELETE FROM progress WHERE entity = ?", [entity])
+            if progress is not None:
+                con.execute(
+                    "INSERT INTO progress VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        entity,
+                        progress.mode,
+                        progress.select_list,
+                        progress.resume_link,
+                        progress.delta_link,
+                        progress.complete,
+                        progress.started_at,
+                    ],
+                )
+        self._pending_progress.clear()
+
     def commit(self) -> None:
+        if self._con is not None:
+            self._write_progress()
         if self._con is not None and self._in_transaction:
             self._con.execute("COMMIT")
             self._in_transaction = False
@@ -217,21 +244,8 @@ class Stage:
         Rows and checkpoint commit together every CHECKPOINT_PAGES pages: a crash loses at
         most that many pages, and never leaves rows without the checkpoint that covers them.
         """
-        con = self._write()
-        con.execute("DELETE FROM progress WHERE entity = ?", [entity])
-        if progress is not None:
-            self._con.execute(
-                "INSERT INTO progress VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    entity,
-                    progress.mode,
-                    progress.select_list,
-                    progress.resume_link,
-                    progress.delta_link,
-                    progress.complete,
-                    progress.started_at,
-                ],
-            )
+        self._write()
+        self._pending_progress[entity] = progress  # written with the rows, at the commit
         self._pages_uncommitted += 1
         if progress is None or progress.complete or self._pages_uncommitted >= CHECKPOINT_PAGES:
             self.commit()
@@ -239,6 +253,13 @@ class Stage:
     def has_checkpoint(self) -> bool:
         if self._con is None:
             return False
+        try:
+            self._write_progress()
+        except duckdb.Error:  # an aborted transaction: what was committed is what counts
+            with contextlib.suppress(duckdb.Error):
+                self._con.execute("ROLLBACK")
+            self._in_transaction = False
+            self._pending_progress.clear()
         return bool(self._con.execute("SELECT count(*) FROM progress").fetchone()[0])
 
     def count(self, entity: str) -> None:
@@ -284,6 +305,7 @@ class Stage:
     def reset(self, entity: str) -> None:
         """Forget what was staged for an entity (a read that must start again)."""
         assert self._con is not None
+        self._pending_progress.pop(entity, None)
         self._con.execute(f"DELETE FROM stage_{entity}")
         self._con.execute("DELETE FROM progress WHERE entity = ?", [entity])
         self.rows[entity] = 0

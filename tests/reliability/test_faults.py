@@ -7,11 +7,13 @@ row), and a cycle that fails must leave its store exactly as it was.
 
 from __future__ import annotations
 
+import io
 import json
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import urllib3
 
 from dynsync_dagster.auth import DynamicsSession, TokenProvider, build_session
 from dynsync_dagster.client import DynamicsClient, RetryPolicy
@@ -215,7 +217,10 @@ class _RepeatingNextLink(DynamicsSession):
             body = json.loads(response.content)
             if body.get("@odata.nextLink"):
                 body["@odata.nextLink"] = str(url)
-                response._content = json.dumps(body).encode()
+                # The client reads the raw stream: hand it the altered body there.
+                altered = json.dumps(body).encode()
+                response.raw = urllib3.HTTPResponse(body=io.BytesIO(altered), preload_content=False)
+                response._content = altered
                 self.armed = False
         return response
 
