@@ -50,28 +50,36 @@ def synced_account_fields(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
 
 
 def propagation_consistent(con: duckdb.DuckDBPyConnection) -> Finding:
-    """Each contact's account_<field> equals its account's value, or the pending local edit."""
+    """Each contact's account_<field> equals its account's value, or the pending local edit.
+
+    One pass over the contacts for all fields (a query per field read them once per field).
+    """
     fields = synced_account_fields(con)
     columns = table_columns(con, "contacts")
+    checked = [(n, t) for n, t in fields.items() if f"account_{n}" in columns]
     mismatched: dict[str, int] = {}
-    for name, duck_type in fields.items():
-        col = f"account_{name}"
-        if col not in columns:
-            continue
-        expected = (
-            f"CASE WHEN e.accountid IS NULL THEN a.{quote(name)} "
-            f"ELSE CAST(e.value AS {duck_type}) END"
+    if checked:
+        pivot = ", ".join(
+            f"count(*) FILTER (WHERE field = {literal(n)}) > 0 AS has{i}, "
+            f"any_value(value) FILTER (WHERE field = {literal(n)}) AS v{i}"
+            for i, (n, _t) in enumerate(checked)
         )
-        n = con.execute(
+        counts = ", ".join(
+            f"count(*) FILTER (WHERE c.{quote('account_' + n)} IS DISTINCT FROM "
+            f"CASE WHEN coalesce(e.has{i}, false) THEN CAST(e.v{i} AS {t}) "
+            f"ELSE a.{quote(n)} END)"
+            for i, (n, t) in enumerate(checked)
+        )
+        row = con.execute(
             f"""
-            SELECT count(*) FROM contacts c
+            SELECT {counts} FROM contacts c
             LEFT JOIN accounts a ON a.accountid = c.accountid
-            LEFT JOIN local_edits e ON e.accountid = c.accountid AND e.field = {literal(name)}
-            WHERE NOT c.is_deleted AND c.{quote(col)} IS DISTINCT FROM {expected}
+            LEFT JOIN (SELECT accountid, {pivot} FROM local_edits GROUP BY accountid) e
+                ON e.accountid = c.accountid
+            WHERE NOT c.is_deleted
             """
-        ).fetchone()[0]
-        if n:
-            mismatched[col] = int(n)
+        ).fetchone()
+        mismatched = {f"account_{n}": int(k) for (n, _t), k in zip(checked, row, strict=True) if k}
     return Finding(
         not mismatched,
         "every propagated value equals its account's (or a pending local edit)"
@@ -109,14 +117,18 @@ def only_synced_columns(con: duckdb.DuckDBPyConnection) -> Finding:
 
 
 def no_duplicate_activity(con: duckdb.DuckDBPyConnection) -> Finding:
-    dupes = con.execute(
-        """
-        SELECT count(*) FROM (
-            SELECT 1 FROM activity_log
-            GROUP BY contactid, attribute, old_value, new_value, source, occurred_at
-            HAVING count(*) > 1)
-        """
+    key = "contactid, attribute, old_value, new_value, source, occurred_at"
+    # Equal rows hash equally, so as many distinct hashes as rows proves there is no duplicate,
+    # at a third of the cost of grouping the whole log on six columns. Only a shortfall
+    # (a duplicate, or a hash collision) needs the exact count.
+    shortfall = con.execute(
+        f"SELECT count(*) - count(DISTINCT hash({key})) FROM activity_log"
     ).fetchone()[0]
+    dupes = 0
+    if shortfall:
+        dupes = con.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM activity_log GROUP BY {key} HAVING count(*) > 1)"
+        ).fetchone()[0]
     return Finding(
         dupes == 0,
         "no activity row is logged twice"

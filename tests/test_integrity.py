@@ -57,3 +57,24 @@ def test_checks_catch_damage(harness: Harness) -> None:
     assert found["columns"].metadata["unexpected_columns"] == {"contacts": ["governmentid"]}
     assert found["refs"].metadata["dangling_contacts"] == 8
     assert found["dupes"].metadata["duplicate_groups"] == 1
+
+
+def test_the_propagation_check_names_the_column_and_counts_the_contacts(harness: Harness) -> None:
+    harness.cycle()
+    org = harness.sim.org
+    account = next(a for a in org.account_ids() if len(org.contacts_of(a)) == 8)
+    contact = org.contacts_of(account)[0]
+    # A pending local edit is what contacts should show: its account's other contacts agree.
+    set_account_field(harness.db, contact, "address1_city", "Edited")
+    _tamper(harness, f"UPDATE contacts SET account_name = 'wrong' WHERE contactid = '{contact}'")
+    _tamper(
+        harness,
+        f"UPDATE contacts SET account_address1_city = 'stale' WHERE contactid = "
+        f"'{org.contacts_of(account)[1]}'",
+    )
+    found = _findings(harness)["propagation"]
+    assert not found.passed
+    assert found.metadata["mismatched_by_column"] == {
+        "account_name": 1,
+        "account_address1_city": 1,
+    }
