@@ -1,6 +1,11 @@
-"""Asset checks: the store's integrity after every cycle (run in the same job)."""
+"""Asset checks: the store's integrity after every cycle (run in the same job).
 
-from collections.abc import Callable
+The five checks are one op: one step, one read-only connection, instead of five steps that
+each open the store and log their own start, output and success events. The UI still shows
+five checks, each with its own result, and any subset can be run on its own.
+"""
+
+from collections.abc import Callable, Iterator
 
 import dagster as dg
 import duckdb
@@ -9,14 +14,48 @@ from .. import integrity
 from ..store import StoreBusyError, open_store
 from .resources import DynsyncStore
 
+Check = Callable[[duckdb.DuckDBPyConnection], integrity.Finding]
 
-def _run(store: DynsyncStore, check: Callable[[duckdb.DuckDBPyConnection], integrity.Finding]):
-    try:
-        with open_store(store.path(), read_only=True, wait_s=60) as con:
-            finding = check(con)
-    except StoreBusyError as exc:
-        return dg.AssetCheckResult(passed=False, description=str(exc))
+# (asset, check name, what it verifies, the SQL behind it)
+CHECKS: list[tuple[str, str, str, Check]] = [
+    (
+        "contacts",
+        "contacts_reference_existing_accounts",
+        "Every contact with an account points at an account stored in `accounts`.",
+        integrity.contacts_reference_accounts,
+    ),
+    (
+        "contacts",
+        "propagated_values_match_accounts",
+        "account_<field> on each contact equals its account's value, unless a local edit is "
+        "pending.",
+        integrity.propagation_consistent,
+    ),
+    (
+        "contacts",
+        "no_unsynced_columns",
+        "No unselected or unreadable field has a column in accounts or contacts.",
+        integrity.only_synced_columns,
+    ),
+    (
+        "activity_log",
+        "no_duplicate_activity",
+        "No Change Data Value row is logged twice.",
+        integrity.no_duplicate_activity,
+    ),
+    (
+        "sync_runs",
+        "last_cycle_within_15_minutes",
+        "Freshness: the last committed scheduled cycle finished within 15 minutes.",
+        integrity.last_cycle_fresh,
+    ),
+]
+
+
+def _result(key: dg.AssetCheckKey, finding: integrity.Finding) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
+        asset_key=key.asset_key,
+        check_name=key.name,
         passed=finding.passed,
         description=finding.description,
         metadata={
@@ -26,44 +65,34 @@ def _run(store: DynsyncStore, check: Callable[[duckdb.DuckDBPyConnection], integ
     )
 
 
-@dg.asset_check(asset="contacts", pool="duckdb_write")
-def contacts_reference_existing_accounts(store: DynsyncStore) -> dg.AssetCheckResult:
-    """Every contact with an account points at an account stored in `accounts`."""
-    return _run(store, integrity.contacts_reference_accounts)
-
-
-@dg.asset_check(asset="contacts", pool="duckdb_write")
-def propagated_values_match_accounts(store: DynsyncStore) -> dg.AssetCheckResult:
-    """account_<field> on each contact equals its account's value, unless a local edit is pending."""
-    return _run(store, integrity.propagation_consistent)
-
-
-@dg.asset_check(asset="contacts", pool="duckdb_write")
-def no_unsynced_columns(store: DynsyncStore) -> dg.AssetCheckResult:
-    """No unselected or unreadable field has a column in accounts or contacts."""
-    return _run(store, integrity.only_synced_columns)
-
-
-@dg.asset_check(asset="activity_log", pool="duckdb_write")
-def no_duplicate_activity(store: DynsyncStore) -> dg.AssetCheckResult:
-    """No Change Data Value row is logged twice."""
-    return _run(store, integrity.no_duplicate_activity)
-
-
-@dg.asset_check(asset="sync_runs", pool="duckdb_write")
-def last_cycle_within_15_minutes(store: DynsyncStore) -> dg.AssetCheckResult:
-    """Freshness: the last committed scheduled cycle finished within 15 minutes."""
-    return _run(store, integrity.last_cycle_fresh)
+@dg.multi_asset_check(
+    specs=[dg.AssetCheckSpec(name, asset=asset, description=doc) for asset, name, doc, _ in CHECKS],
+    can_subset=True,
+    pool="duckdb_write",
+)
+def store_integrity(
+    context: dg.AssetCheckExecutionContext, store: DynsyncStore
+) -> Iterator[dg.AssetCheckResult]:
+    """The store's integrity after a cycle: references, propagation, columns, duplicates, age."""
+    selected = context.selected_asset_check_keys
+    wanted = [
+        (dg.AssetCheckKey(dg.AssetKey(asset), name), check)
+        for asset, name, _doc, check in CHECKS
+        if dg.AssetCheckKey(dg.AssetKey(asset), name) in selected
+    ]
+    try:
+        with open_store(store.path(), read_only=True, wait_s=60) as con:
+            findings = [(key, check(con)) for key, check in wanted]
+    except StoreBusyError as exc:
+        for key, _check in wanted:
+            yield dg.AssetCheckResult(
+                asset_key=key.asset_key, check_name=key.name, passed=False, description=str(exc)
+            )
+        return
+    for key, finding in findings:
+        yield _result(key, finding)
 
 
 @dg.definitions
 def checks() -> dg.Definitions:
-    return dg.Definitions(
-        asset_checks=[
-            contacts_reference_existing_accounts,
-            propagated_values_match_accounts,
-            no_unsynced_columns,
-            no_duplicate_activity,
-            last_cycle_within_15_minutes,
-        ]
-    )
+    return dg.Definitions(asset_checks=[store_integrity])
