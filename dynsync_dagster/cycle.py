@@ -36,6 +36,7 @@ from .state import (
 from .store import (
     SchemaChange,
     apply_schema_change,
+    cycle_lock,
     ensure_fixed_tables,
     existing_columns,
     open_store,
@@ -98,12 +99,13 @@ def run_cycle(
     """Run one cycle. On failure the data tables are untouched; a `failed` sync_runs row says why."""
     run_id = options.run_id or uuid.uuid4().hex
     started = datetime.now(UTC)
-    try:
-        with private_files():
+    # Waiting for another cycle is not a failure of this one: nothing to record if it times out.
+    with private_files(), cycle_lock(Path(db_path), options.store_wait_s):
+        try:
             return _run_cycle(conn, sync, Path(db_path), options, client, run_id, started)
-    except Exception as exc:
-        _record_failure(Path(db_path), options, run_id, started, exc)
-        raise
+        except Exception as exc:
+            _record_failure(Path(db_path), options, run_id, started, exc)
+            raise
 
 
 def _record_failure(

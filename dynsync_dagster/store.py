@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import time
 from collections.abc import Iterator
@@ -149,6 +150,35 @@ CREATE TABLE IF NOT EXISTS sync_errors (
 
 class StoreBusyError(RuntimeError):
     """Another process holds the DuckDB file (a cycle is running). Retry in a moment."""
+
+
+@contextlib.contextmanager
+def cycle_lock(db_path: Path, wait_s: float) -> Iterator[None]:
+    """One sync cycle at a time per store, from its first look at the store to its stage's end.
+
+    DuckDB's own file locks cover each open file, not a cycle: between the fetch and the
+    commit, a second cycle could take over the first one's stage file. An advisory lock on
+    `<store>.lock` closes that gap; the OS releases it when the process dies, so a killed
+    cycle never leaves it held.
+    """
+    path = Path(db_path)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreBusyError(
+                        f"{path} is in use: another sync cycle is running on it; retry in a moment"
+                    ) from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def quote(identifier: str) -> str:

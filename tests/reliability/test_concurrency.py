@@ -17,9 +17,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from dynsync_dagster.local_edit import set_account_field
 from dynsync_dagster.simulator import Simulator
-from dynsync_dagster.store import StoreBusyError
+from dynsync_dagster.store import StoreBusyError, cycle_lock, open_store
 
 from .support import (
     REPO,
@@ -30,6 +32,7 @@ from .support import (
     clean_env,
     crash_job,
     cycle,
+    data_rows,
     pick_sized,
     sync_settings,
 )
@@ -188,3 +191,26 @@ def test_local_edit_during_a_cycle_waits_and_loses_nothing(tmp_path: Path) -> No
     for table in ("accounts", "contacts"):
         assert got[table] == want[table]
     assert sorted(activity_rows(store)) == sorted(activity_rows(control))
+
+
+def test_a_cycle_waits_for_the_running_one_then_says_busy(tmp_path: Path) -> None:
+    """Between its fetch and its commit a cycle holds no DuckDB file, only its cycle lock:
+    a second cycle must not take over its stage (it did, as a lock crash, before the lock)."""
+    store = tmp_path / "store.duckdb"
+    settings = sync_settings(FIELDS, ("firstname",))
+    with Simulator(TINY, state_dir=tmp_path / "sim") as sim:
+        cycle(sim, store, settings)
+        runs_before = data_rows(store)
+        with cycle_lock(store, wait_s=0):  # what a running cycle holds
+            started = time.monotonic()
+            with pytest.raises(StoreBusyError, match="another sync cycle is running"):
+                cycle(sim, store, settings, store_wait_s=0.5)
+            assert time.monotonic() - started >= 0.5  # it waited before giving up
+        assert data_rows(store) == runs_before
+        with open_store(store, read_only=True) as con:
+            # Waiting is not a failed cycle: no sync_runs row says so.
+            assert (
+                con.execute("SELECT count(*) FROM sync_runs WHERE outcome = 'failed'").fetchone()[0]
+                == 0
+            )
+        assert cycle(sim, store, settings).modes == {"account": "delta", "contact": "delta"}
