@@ -13,6 +13,7 @@ from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
 import orjson
+import pyarrow as pa
 import requests
 import urllib3
 
@@ -24,6 +25,7 @@ from dynsync_dagster.errors import (
     ThrottledError,
     TransientError,
 )
+from dynsync_dagster.pages import ArrowDecoder, ArrowRows, MalformedBody, decode_json
 from dynsync_dagster.settings import ConnectionSettings
 
 log = logging.getLogger("dynsync.client")
@@ -58,13 +60,18 @@ _ATTRIBUTE_SELECT = (
 
 @dataclass
 class Page:
-    """One response page, rows exactly as the server sent them."""
+    """One response page: its rows as the server sent them, or (read with an ArrowDecoder)
+    as Arrow columns in `table`, with `rows` empty."""
 
     rows: list[dict[str, Any]]
     next_link: str | None
     delta_link: str | None
     is_delta: bool
     nbytes: int
+    table: pa.Table | None = None
+
+    def __len__(self) -> int:
+        return self.table.num_rows if self.table is not None else len(self.rows)
 
 
 @dataclass
@@ -102,7 +109,7 @@ def deleted_id(row: dict[str, Any]) -> str:
 
 @dataclass
 class _Response:
-    body: dict[str, Any]
+    body: Any  # what the decoder made of it: a dict, or ArrowRows
     nbytes: int
 
 
@@ -194,10 +201,12 @@ class DynamicsClient:
         top: int | None = None,
         track_changes: bool = False,
         annotations: str = "*",
+        arrow: ArrowDecoder | None = None,
     ) -> Iterator[Page]:
         """Query an entity set and yield its pages one at a time, following nextLinks.
 
-        With `track_changes` the last page carries the delta link to poll next time.
+        With `track_changes` the last page carries the delta link to poll next time. With
+        `arrow`, pages come as Arrow columns (Page.table) where they can.
         """
         if not _LOGICAL_NAME.match(entity_set):
             raise ValueError(f"entity set {entity_set!r} is not a Dataverse entity set name")
@@ -221,14 +230,19 @@ class DynamicsClient:
         url = self._url(entity_set, params)
         # $top is ignored when odata.maxpagesize is sent (doc §3.1): send one or the other.
         prefer = self._prefer(track_changes, annotations, page_size=top is None)
-        return self._follow(url, prefer)
+        return self._follow(url, prefer, arrow)
 
     def iter_link(
-        self, link: str, *, track_changes: bool = False, annotations: str = "*"
+        self,
+        link: str,
+        *,
+        track_changes: bool = False,
+        annotations: str = "*",
+        arrow: ArrowDecoder | None = None,
     ) -> Iterator[Page]:
         """Follow a stored nextLink or deltaLink verbatim (resume or delta poll), then its pages."""
         url = self._url(link, None)
-        return self._follow(url, self._prefer(track_changes, annotations, page_size=True))
+        return self._follow(url, self._prefer(track_changes, annotations, page_size=True), arrow)
 
     def whoami(self) -> dict[str, Any]:
         """`{"UserId", "BusinessUnitId", "OrganizationId"}` of the signed-in principal."""
@@ -301,31 +315,42 @@ class DynamicsClient:
             prefer.append("odata.track-changes")
         return prefer
 
-    def _follow(self, url: str, prefer: Sequence[str]) -> Iterator[Page]:
+    def _follow(
+        self, url: str, prefer: Sequence[str], arrow: ArrowDecoder | None = None
+    ) -> Iterator[Page]:
         # A generator: nothing is requested until the caller asks for the first page, and only
         # one page is held at a time.
         seen = {url}
         while True:
-            resp = self._get(url, prefer, None)
+            resp = self._get(url, prefer, None, arrow or decode_json)
             body = resp.body
-            rows = body.get("value")
-            if not isinstance(rows, list):
-                raise DynamicsError(
-                    f"{_short(url)} returned no `value` list: not an entity-set query",
-                    url=_short(url),
+            if isinstance(body, ArrowRows):
+                page = Page(
+                    rows=[],
+                    next_link=body.next_link,
+                    delta_link=body.delta_link,
+                    is_delta=body.context.endswith("/$delta") or "$deltatoken=" in url,
+                    nbytes=resp.nbytes,
+                    table=body.rows,
                 )
-            next_link = body.get("@odata.nextLink")
-            delta_link = body.get("@odata.deltaLink")
-            context = str(body.get("@odata.context") or "")
-            page = Page(
-                rows=rows,
-                next_link=next_link,
-                delta_link=delta_link,
-                is_delta=context.endswith("/$delta") or "$deltatoken=" in url,
-                nbytes=resp.nbytes,
-            )
+            else:
+                rows = body.get("value")
+                if not isinstance(rows, list):
+                    raise DynamicsError(
+                        f"{_short(url)} returned no `value` list: not an entity-set query",
+                        url=_short(url),
+                    )
+                context = str(body.get("@odata.context") or "")
+                page = Page(
+                    rows=rows,
+                    next_link=body.get("@odata.nextLink"),
+                    delta_link=body.get("@odata.deltaLink"),
+                    is_delta=context.endswith("/$delta") or "$deltatoken=" in url,
+                    nbytes=resp.nbytes,
+                )
+            next_link = page.next_link
             self.stats.pages += 1
-            self.stats.rows += len(rows)
+            self.stats.rows += len(page)
             yield page
             if not next_link:
                 return
@@ -368,13 +393,17 @@ class DynamicsClient:
         return url
 
     def _get(
-        self, url: str, prefer: Sequence[str], extra_headers: dict[str, str] | None
+        self,
+        url: str,
+        prefer: Sequence[str],
+        extra_headers: dict[str, str] | None,
+        decode: Callable[[bytes], Any] = decode_json,
     ) -> _Response:
-        """GET `url` under the retry policy; returns the decoded JSON object."""
+        """GET `url` under the retry policy; returns the decoded body."""
         state = _Attempt(url=url)
         while True:
             state.attempts += 1
-            outcome = self._send_once(state, prefer, extra_headers)
+            outcome = self._send_once(state, prefer, extra_headers, decode)
             if isinstance(outcome, _Response):
                 return outcome
             wait, err = outcome.wait_s, outcome.error
@@ -423,7 +452,11 @@ class DynamicsClient:
             self._sleep(wait)
 
     def _send_once(
-        self, state: _Attempt, prefer: Sequence[str], extra_headers: dict[str, str] | None
+        self,
+        state: _Attempt,
+        prefer: Sequence[str],
+        extra_headers: dict[str, str] | None,
+        decode: Callable[[bytes], Any],
     ) -> _Response | _Retry:
         """One attempt (plus one re-authentication on 401): the response, or how to retry.
 
@@ -478,18 +511,18 @@ class DynamicsClient:
             self.stats.bytes += len(content)
             if status == 200:
                 try:
-                    body = orjson.loads(content)
-                except orjson.JSONDecodeError:
+                    body = decode(content)
+                except MalformedBody:
                     # Truncated or garbled in transit: worth another try.
                     failure = TransientError(f"malformed JSON body ({len(content)} bytes)")
                     return self._retry_later(state, failure)
-                if not isinstance(body, dict):
+                except TypeError:
                     raise DynamicsError(
                         f"{_short(url)} returned JSON that is not an object: this client "
                         "reads OData documents only (not e.g. /$count)",
                         status=200,
                         url=_short(url),
-                    )
+                    ) from None
                 return _Response(body=body, nbytes=len(content))
 
             err = _error_from(raw, content, url)

@@ -22,6 +22,7 @@ from .errors import DynamicsError, ExpiredDeltaToken
 from .fields import ENTITY_SET, PRIMARY_KEY, FieldPlan, resolve_fields
 from .lineage import write_lineage
 from .merge import MergeContext, MergeCounts, apply_cycle
+from .pages import ArrowDecoder
 from .settings import ConnectionSettings, SyncSettings
 from .stage import ANNOTATIONS, Progress, Stage
 from .state import (
@@ -167,7 +168,10 @@ def _run_cycle(
                 # see deletions, so it would propagate an account change onto a contact
                 # Dynamics had already deleted, and the store would depend on which of the
                 # backfill and the scheduled run came first.
-                _drain(stage, entity, _modified(client, plan, entity, *options.window))
+                window = _modified(
+                    client, plan, entity, *options.window, arrow=stage.decoder(entity)
+                )
+                _drain(stage, entity, window)
             modes[entity] = mode
             reconcile[entity] = mode in ("full", "resync")
             if state is not None:
@@ -282,12 +286,13 @@ def _fetch_entity(
     entity_set, key = ENTITY_SET[entity], PRIMARY_KEY[entity]
     tracking = plan.change_tracking[entity]
     now = datetime.now(UTC)
+    arrow = stage.decoder(entity)
 
     def modified(since: datetime) -> Iterator[Page]:
-        return _modified(client, plan, entity, since)
+        return _modified(client, plan, entity, since, arrow=arrow)
 
     def delta(link: str) -> Iterator[Page]:
-        return client.iter_link(link, track_changes=True, annotations=ANNOTATIONS)
+        return client.iter_link(link, track_changes=True, annotations=ANNOTATIONS, arrow=arrow)
 
     resumed = stage.progress(entity)
     if resumed is not None and resumed.select_list == select_list:
@@ -302,7 +307,10 @@ def _fetch_entity(
         if not done and resumed.resume_link:
             try:
                 pages = client.iter_link(
-                    resumed.resume_link, track_changes=tracking, annotations=ANNOTATIONS
+                    resumed.resume_link,
+                    track_changes=tracking,
+                    annotations=ANNOTATIONS,
+                    arrow=arrow,
                 )
                 _drain(stage, entity, pages, (resumed.mode, select_list, resumed.started_at))
                 done = True
@@ -338,10 +346,12 @@ def _fetch_entity(
         cursor = ReaderState(entity, "cursor", None, select_list, state.cursor_modifiedon, now)
         return cursor, "cursor"
     pages = (
-        client.iter_pages(entity_set, select=select, track_changes=True, annotations=ANNOTATIONS)
+        client.iter_pages(
+            entity_set, select=select, track_changes=True, annotations=ANNOTATIONS, arrow=arrow
+        )
         if tracking
         else client.iter_pages(
-            entity_set, select=select, orderby=f"{key} asc", annotations=ANNOTATIONS
+            entity_set, select=select, orderby=f"{key} asc", annotations=ANNOTATIONS, arrow=arrow
         )
     )
     link = _drain(stage, entity, pages, checkpoint=(mode, select_list, now))
@@ -354,6 +364,8 @@ def _modified(
     entity: str,
     since: datetime,
     until: datetime | None = None,
+    *,
+    arrow: ArrowDecoder | None = None,
 ) -> Iterator[Page]:
     """Records modified in [since, until), oldest first (a cursor or a backfill window)."""
     window = f"modifiedon ge {odata_time(since)}"
@@ -365,6 +377,7 @@ def _modified(
         filter=window,
         orderby=f"modifiedon asc,{PRIMARY_KEY[entity]} asc",
         annotations=ANNOTATIONS,
+        arrow=arrow,
     )
 
 
@@ -390,7 +403,7 @@ def _drain(
     """
     link = None
     for page in _prefetched(pages):
-        stage.add_rows(entity, page.rows)
+        stage.add_page(entity, page)
         link = page.delta_link or link
         if checkpoint is not None:
             mode, select_list, started_at = checkpoint

@@ -19,8 +19,11 @@ import duckdb
 # instead of the first cycle's fetch.
 import pandas  # noqa: F401
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from .client import Page
 from .fields import PRIMARY_KEY, FieldPlan, FieldSpec
+from .pages import ArrowDecoder
 from .store import configure, insert_values, owner_only
 
 LOOKUP_TABLE = "@Microsoft.Dynamics.CRM.lookuplogicalname"
@@ -270,6 +273,29 @@ class Stage:
         ).fetchone()
         self.rows[entity], self.deleted[entity] = int(live), int(gone)
 
+    def decoder(self, entity: str) -> ArrowDecoder:
+        """What the client needs to hand this entity's pages over as Arrow columns."""
+        return ArrowDecoder([(c.source, c.arrow) for c in self._columns[entity]])
+
+    def add_page(self, entity: str, page: Page) -> None:
+        if page.table is not None:
+            self._add_table(entity, page.table)
+        else:
+            self.add_rows(entity, page.rows)
+
+    def _add_table(self, entity: str, rows: pa.Table) -> None:
+        """A page the client decoded to Arrow: the columns are typed already."""
+        if rows.num_rows == 0:
+            return
+        context = rows.column("@odata.context")
+        gone: list[str] = []
+        if context.null_count != rows.num_rows:  # a delta page with removed records
+            removed = pc.and_(pc.is_valid(context), pc.equal(rows.column("reason"), "deleted"))
+            gone = [i for i in rows.filter(removed).column("id").to_pylist() if i is not None]
+            rows = rows.filter(pc.is_null(context))
+        arrays = {c.name: rows.column(c.source) for c in self._columns[entity]}
+        self._append(entity, arrays, rows.num_rows, gone)
+
     def add_rows(self, entity: str, rows: list[dict]) -> None:
         """Column-wise copy of one page: one list comprehension per column, no per-row branching."""
         if not rows:
@@ -285,7 +311,9 @@ class Stage:
                     f"{entity}.{col.source}: a value does not fit the field's metadata type "
                     f"({col.arrow}): {exc}"
                 ) from None
-        n = len(live)
+        self._append(entity, arrays, len(live), gone)
+
+    def _append(self, entity: str, arrays: dict, n: int, gone: list[str]) -> None:
         arrays["_deleted"] = pa.array([False] * n, type=pa.bool_())
         arrays["_seq"] = pa.array(range(self._seq, self._seq + n), type=pa.int64())
         self._seq += n

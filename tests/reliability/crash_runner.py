@@ -50,14 +50,14 @@ def _instrument(page_pause_s: float, write_pause_s: float) -> None:
     import dynsync_dagster.cycle as cycle_module
     from dynsync_dagster.stage import Stage
 
-    add_rows = Stage.add_rows
+    add_page = Stage.add_page
 
-    def paced_add_rows(self: Stage, entity: str, rows: list[dict[str, Any]]) -> None:
+    def paced_add_page(self: Stage, entity: str, page: Any) -> None:
         _mark(f"FETCH {entity}")
         time.sleep(page_pause_s)
-        add_rows(self, entity, rows)
+        add_page(self, entity, page)
 
-    Stage.add_rows = paced_add_rows  # type: ignore[method-assign]
+    Stage.add_page = paced_add_page  # type: ignore[method-assign]
 
     apply_cycle = cycle_module.apply_cycle
 
