@@ -206,7 +206,7 @@ def _mark_deleted(
             UPDATE {table} t SET is_deleted = true, deleted_at = $now, last_run_id = $run
             WHERE NOT t.is_deleted
               AND NOT EXISTS (SELECT 1 FROM stage.stage_{entity} s
-                              WHERE NOT s._deleted AND TRY_CAST(s.id AS UUID) = t.{key})
+                              WHERE NOT s._deleted AND s._key = t.{key})
             """,
             {"now": ctx.now, "run": ctx.run_id},
         )

@@ -124,12 +124,15 @@ class Stage:
     def __post_init__(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._columns = {e: stage_columns(e, self.plan.synced(e)) for e in ("account", "contact")}
+        # stage column -> the DuckDB type it is stored as (the store's type for field values)
+        self._types = {e: _stored_types(e, self.plan) for e in ("account", "contact")}
+        self._typing = {e: self._typing_sql(e) for e in ("account", "contact")}
         signature = self._signature()
         if not self._reopen(signature):
             self._create(signature)
 
     def _signature(self) -> str:
-        parts = ["stage v3"] + [
+        parts = ["stage v4"] + [
             f"{e}:{','.join(f'{c.name}:{c.arrow}' for c in cols)}"
             for e, cols in self._columns.items()
         ]
@@ -189,8 +192,12 @@ class Stage:
             "resume_link VARCHAR, delta_link VARCHAR, complete BOOLEAN, started_at TIMESTAMPTZ)"
         )
         for entity, cols in self._columns.items():
-            ddl = ", ".join(f'"{c.name}" {_duck_of(c.arrow)}' for c in cols)
-            self._con.execute(f"CREATE TABLE stage_{entity} ({ddl}, _deleted BOOLEAN, _seq BIGINT)")
+            types = self._types[entity]
+            ddl = ", ".join(f'"{c.name}" {types.get(c.name, _duck_of(c.arrow))}' for c in cols)
+            self._con.execute(
+                f"CREATE TABLE stage_{entity} ({ddl}, _key UUID, _problems VARCHAR[], "
+                "_deleted BOOLEAN, _seq BIGINT)"
+            )
 
     def progress(self, entity: str) -> Progress | None:
         assert self._con is not None
@@ -273,6 +280,32 @@ class Stage:
         ).fetchone()
         self.rows[entity], self.deleted[entity] = int(live), int(gone)
 
+    def _typing_sql(self, entity: str) -> str:
+        """The SELECT list that stores a page typed: each value cast to its column's type as
+        it is staged (on the staging thread, which waits for pages anyway), and the casts
+        that failed listed in _problems with the text that did not fit."""
+        types = self._types[entity]
+        out, fails = [], []
+        for c in self._columns[entity]:
+            t = types.get(c.name)
+            if t is None or t == _duck_of(c.arrow):  # no cast, or one that cannot fail
+                out.append(f'"{c.name}"' if t is None else f'CAST("{c.name}" AS {t}) AS "{c.name}"')
+                continue
+            cast = f"TRY_CAST({_source(c.name, t)} AS {t})"
+            out.append(f'{cast} AS "{c.name}"')
+            fails.append(
+                f'CASE WHEN "{c.name}" IS NOT NULL AND {cast} IS NULL '
+                f"THEN '{c.name} = ' || left(CAST(\"{c.name}\" AS VARCHAR), 100) END"
+            )
+        problems = (
+            f"nullif(list_filter([{', '.join(fails)}], lambda x: x IS NOT NULL), [])"
+            if fails
+            else "NULL"
+        )
+        return ", ".join(
+            [*out, "TRY_CAST(id AS UUID) AS _key", f"{problems} AS _problems", "_deleted", "_seq"]
+        )
+
     def decoder(self, entity: str) -> ArrowDecoder:
         """What the client needs to hand this entity's pages over as Arrow columns."""
         return ArrowDecoder([(c.source, c.arrow) for c in self._columns[entity]])
@@ -319,12 +352,13 @@ class Stage:
         self._seq += n
         page = pa.table(arrays)  # noqa: F841 - read by DuckDB's replacement scan below
         con = self._write()
-        con.execute(f"INSERT INTO stage_{entity} BY NAME SELECT * FROM page")
+        con.execute(f"INSERT INTO stage_{entity} BY NAME SELECT {self._typing[entity]} FROM page")
         if gone:
             ids = pa.table({"id": pa.array(gone, pa.string())})  # noqa: F841
             self._con.execute(
-                f"INSERT INTO stage_{entity} (id, _deleted, _seq) "
-                f"SELECT id, true, {self._seq} + row_number() OVER () FROM ids"
+                f"INSERT INTO stage_{entity} (id, _key, _deleted, _seq) "
+                f"SELECT id, TRY_CAST(id AS UUID), true, {self._seq} + row_number() OVER () "
+                "FROM ids"
             )
             self._seq += len(gone)
         self.rows[entity] += n
@@ -346,11 +380,11 @@ class Stage:
         return "@odata.context" in rows[-1]
 
     def finish(self) -> None:
-        """Type and de-duplicate the staged rows (the last sighting of each id wins), then close.
+        """Views of the typed rows, de-duplicated (the last sighting of each id wins); close.
 
         A record with a value its column type cannot hold (a malformed GUID or date, a number
-        out of range) is set aside in err_<entity> instead of failing the cycle: the sync
-        goes on and the record shows up in `sync_errors`.
+        out of range; found as the page was staged) is set aside in err_<entity> instead of
+        failing the cycle: the sync goes on and the record shows up in `sync_errors`.
 
         Done here, in the stage file, because one DuckDB transaction may write only one
         attached database: the store's transaction then only reads from the stage.
@@ -370,45 +404,27 @@ class Stage:
         insert_values(self._con, "choice_options", options)
         for entity in ("account", "contact"):
             key = PRIMARY_KEY[entity]
-            casts: list[tuple[str, str, str]] = [("id", "UUID", key)]  # (stage col, type, name)
-            if entity == "contact":
-                casts.append(("parentcustomerid", "UUID", "parentcustomerid"))
-            labels = []
-            for f in self.plan.synced(entity):
-                casts += [(c, t, c) for c, t in f.columns() if c != f.label_column]
-                if f.label_column:
-                    labels.append(
-                        f"(SELECT o.label FROM choice_options o WHERE o.entity = '{entity}' "
-                        f"AND o.field = '{f.name}' AND o.value = TRY_CAST(\"{f.name}\" AS INTEGER)) "
-                        f'AS "{f.label_column}"'
-                    )
-            casts.append(("modifiedon", "TIMESTAMPTZ", "modifiedon"))
-            # Only casts that can fail are checked: text to text or a 64-bit integer to BIGINT
-            # cannot, and checking them was most of this scan.
-            # The problem list is built only for the rare rows that have one.
-            staged = {c.name: _duck_of(c.arrow) for c in self._columns[entity]}
-            fallible = [(c, t) for c, t, _n in casts if staged.get(c) != t]
-            fails = {
-                c: f'("{c}" IS NOT NULL AND TRY_CAST({_source(c, t)} AS {t}) IS NULL)'
-                for c, t in fallible
-            }
-            problems = ", ".join(
-                f"CASE WHEN {fails[c]} THEN '{c} = ' || left(CAST(\"{c}\" AS VARCHAR), 100) END"
-                for c, _t in fallible
-            )
             self._con.execute(
-                f"CREATE TABLE err_{entity} AS SELECT id, "
-                f"list_filter([{problems or 'NULL'}], lambda x: x IS NOT NULL) AS problems "
-                f"FROM stage_{entity} WHERE NOT _deleted AND ({' OR '.join(fails.values()) or 'false'})"
+                f"CREATE TABLE err_{entity} AS SELECT id, _problems AS problems "
+                f"FROM stage_{entity} WHERE NOT _deleted AND _problems IS NOT NULL"
             )
-            typed = [f'CAST({_source(c, t)} AS {t}) AS "{n}"' for c, t, n in casts] + labels
+            typed = [f'_key AS "{key}"']
             if entity == "contact":
                 typed += [
+                    "parentcustomerid",
                     "parentcustomerid_type",
-                    "CASE WHEN parentcustomerid_type = 'account' "
-                    "THEN CAST(parentcustomerid AS UUID) END AS accountid",
+                    "CASE WHEN parentcustomerid_type = 'account' THEN parentcustomerid END "
+                    "AS accountid",
                 ]
-            typed += ["versionnumber", "_deleted"]
+            for f in self.plan.synced(entity):
+                typed += [f'"{c}"' for c, _t in f.columns() if c != f.label_column]
+                if f.label_column:
+                    typed.append(
+                        f"(SELECT o.label FROM choice_options o WHERE o.entity = '{entity}' "
+                        f"AND o.field = '{f.name}' AND o.value = \"{f.name}\") "
+                        f'AS "{f.label_column}"'
+                    )
+            typed += ["modifiedon", "versionnumber", "_deleted"]
             # The last sighting of an id wins. Duplicates are rare (a resumed or re-polled
             # read), so the de-duplication runs only when there are any.
             unique = self._con.execute(
@@ -440,6 +456,18 @@ class Stage:
         for p in (self.path, self.path.with_name(self.path.name + ".wal")):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+
+
+def _stored_types(entity: str, plan: FieldPlan) -> dict[str, str]:
+    """Stage column -> the type it is staged as: a field's store type, a GUID as UUID, the
+    modification time as TIMESTAMPTZ. The record id stays text (errors quote it); _key holds
+    it as a UUID."""
+    types = {"modifiedon": "TIMESTAMPTZ"}
+    if entity == "contact":
+        types["parentcustomerid"] = "UUID"
+    for f in plan.synced(entity):
+        types.update({c: t for c, t in f.columns() if c != f.label_column})
+    return types
 
 
 def _source(column: str, duck_type: str) -> str:
