@@ -18,7 +18,6 @@ from .store import (
     open_store,
     private_files,
     quote,
-    rewrite_rows,
     table_columns,
 )
 
@@ -139,19 +138,15 @@ def _apply(
         """,
         params,
     ).fetchone()[0]
-    replace = {f"account_{field}": f"CAST($v AS {duck_type})"}
+    # In place: the propagated columns are stored uncompressed for exactly this (store.py).
+    sets = f"{col} = CAST($v AS {duck_type})"
     set_params = {"acc": account_id, "v": typed}
     if has_label:
-        replace[label_col] = "$label"
+        sets += f", {quote(label_col)} = $label"
         set_params["label"] = label
-    rewrite_rows(
-        con,
-        "contacts",
-        "contactid",
-        replace,
-        None,
-        where="WHERE t.accountid = CAST($acc AS UUID) AND NOT t.is_deleted",
-        params=set_params,
+    con.execute(
+        f"UPDATE contacts SET {sets} WHERE accountid = CAST($acc AS UUID) AND NOT is_deleted",
+        set_params,
     )
     con.execute(
         "DELETE FROM local_edits WHERE accountid = CAST(? AS UUID) AND field = ?",

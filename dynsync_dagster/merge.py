@@ -16,6 +16,8 @@ from .store import SchemaChange, quote, rewrite_rows
 
 ACTIVITY_TYPE = "Change Data Value"
 SOURCE_SYNC = "Dynamics sync"
+# Re-propagation writes in place when at most this many columns change (see _repropagate).
+IN_PLACE_MAX_COLUMNS = 6
 SOURCE_LOCAL = "Local update"
 REASON_ACCOUNT_UPDATED = "Account updated in Dynamics"
 REASON_JOINED = "Contact joined an account in Dynamics"
@@ -52,11 +54,14 @@ class MergeContext:
     contact_limit: int
 
 
-def effective_accounts_sql(fields: list[FieldSpec], where: str = "") -> str:
+def effective_accounts_sql(
+    fields: list[FieldSpec], where: str = "", source: str = "accounts"
+) -> str:
     """Account values as contacts should see them: Dynamics values, overlaid by pending local edits.
 
     `where` filters the accounts (alias a) before anything is joined to them, and the local
     edits are pivoted to one row per account, so the cost follows the accounts asked for.
+    `source` is the accounts table or a copy of some of its rows.
     """
     cols = ["a.accountid"]
     pivot = ["accountid"]
@@ -82,7 +87,7 @@ def effective_accounts_sql(fields: list[FieldSpec], where: str = "") -> str:
             cols.append(f"a.{quote(f.target_column)}")
     edits = f"SELECT {', '.join(pivot)} FROM local_edits GROUP BY accountid"
     return (
-        f"SELECT {', '.join(cols)} FROM (SELECT * FROM accounts a {where}) a "
+        f"SELECT {', '.join(cols)} FROM (SELECT * FROM {source} a {where}) a "
         f"LEFT JOIN ({edits}) e ON e.accountid = a.accountid"
     )
 
@@ -112,7 +117,7 @@ def apply_cycle(con: duckdb.DuckDBPyConnection, ctx: MergeContext) -> MergeCount
         _insert_first_contacts(con, ctx, counts)
     if refill["contacts"]:
         _refill_new_account_columns(con, ctx)
-    for t in ("acc_upd", "con_upd", "prop"):
+    for t in ("acc_upd", "acc_old", "acc_before", "acc_after", "con_upd", "members", "prop"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
     return counts
 
@@ -138,6 +143,16 @@ def _apply_accounts(
                OR (a.is_deleted AND s.versionnumber >= a.versionnumber))
         """
     )
+    # The updated accounts as stored, read once: their rewrite below copies them, and their
+    # values as contacts see them now tell re-propagation which columns change.
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE acc_old AS SELECT * FROM accounts "
+        "WHERE accountid IN (SELECT accountid FROM acc_upd WHERE NOT is_new)"
+    )
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE acc_before AS "
+        + effective_accounts_sql(ctx.plan.synced("account"), source="acc_old")
+    )
     # A delete and an append, like contacts: an UPDATE of a thousand scattered accounts
     # rewrites nearly every block of the table.
     rewrite_rows(
@@ -153,6 +168,7 @@ def _apply_accounts(
         },
         "(SELECT * FROM acc_upd WHERE NOT is_new)",
         params={"now": ctx.now, "run": ctx.run_id},
+        current="acc_old",
     )
     names = ", ".join(quote(c) for c in ["accountid", *cols, "modifiedon", "versionnumber"])
     con.execute(
@@ -298,52 +314,111 @@ def _apply_contacts(
 
 
 def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: MergeCounts) -> None:
-    """Rules 4, 6, 7: push account values onto existing contacts and log what changed."""
+    """Rules 4, 6, 7: push account values onto existing contacts and log what changed.
+
+    Reading the columns of every contact is what makes a cycle's cost grow with the store, and
+    an account's contacts are scattered over the table. Two ways to write, picked by how many
+    columns change on the updated accounts (before this cycle against after it, local edits
+    included):
+    - few: in place. Only those columns are read and UPDATEd; the propagated columns are
+      stored uncompressed so that DuckDB rewrites them without re-encoding. A contact carries
+      its account's values, which the `propagation` integrity check proves after every run,
+      so its other columns already hold the new values.
+    - many: delete and append. The touched contacts are read whole once; an UPDATE would
+      rewrite each changed column of the whole table at the checkpoint.
+    Measured at 1,000,000 contacts: 2 columns of 10,000 contacts 0.2 s in place against 0.3 s
+    rewritten; 12 columns of 5,000 contacts 1.3 s in place against 0.4 s rewritten.
+    A contact that joins, moves or leaves is read in every column: it carries another
+    account's values.
+    """
     fields = ctx.plan.synced("account")
     cols = account_columns(ctx.plan)
     if not cols:
         return
+    # The values contacts take: of the updated accounts, and of those contacts moved into.
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE acc_after AS "
+        + effective_accounts_sql(
+            fields,
+            "WHERE a.accountid IN (SELECT accountid FROM acc_upd) OR a.accountid IN "
+            "(SELECT accountid FROM con_upd WHERE old_accountid IS DISTINCT FROM accountid)",
+        )
+    )
+    differs = con.execute(
+        "SELECT "
+        + ", ".join(
+            f"count(*) FILTER (WHERE b.{quote(c)} IS DISTINCT FROM n.{quote(c)})" for c in cols
+        )
+        + " FROM acc_after n LEFT JOIN acc_before b ON b.accountid = n.accountid"
+        " WHERE n.accountid IN (SELECT accountid FROM acc_upd)"
+    ).fetchone()
+    read = {c for c, k in zip(cols, differs, strict=True) if k}
+    in_place = len(read) <= IN_PLACE_MAX_COLUMNS
+    old = {c: quote("old_" + c) for c in cols}
+    carried = [c for c in cols if c in read] if in_place else []
+    member_olds = "".join(f", c.{quote('account_' + c)} AS {old[c]}" for c in carried)
+    # The live contacts of the updated accounts, found in one scan: they are both the contacts
+    # to re-propagate and the counts for the contact limit.
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE members AS
+        SELECT c.contactid, c.accountid, c.rowid AS _row, a.modifiedon{member_olds}
+        FROM contacts c JOIN acc_upd a ON c.accountid = a.accountid
+        WHERE NOT c.is_deleted
+        """
+    )
+    moved_olds = kept_olds = ""
+    if in_place:
+        moved_olds = "".join(f", c.{quote('account_' + c)} AS {old[c]}" for c in cols)
+        kept_olds = "".join(f", m.{old[c]}" if c in read else f", NULL AS {old[c]}" for c in cols)
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE prop AS
-        SELECT contactid, accountid AS new_accountid, old_accountid,
-               CASE WHEN old_accountid IS NULL THEN {literal(REASON_JOINED)}
-                    WHEN accountid IS NULL THEN {literal(REASON_LEFT)}
+        SELECT u.contactid, u.accountid AS new_accountid, u.old_accountid,
+               CASE WHEN u.old_accountid IS NULL THEN {literal(REASON_JOINED)}
+                    WHEN u.accountid IS NULL THEN {literal(REASON_LEFT)}
                     ELSE {literal(REASON_MOVED)} END AS reason,
-               modifiedon AS occurred_at, false AS account_change
-        FROM con_upd WHERE NOT is_new AND old_accountid IS DISTINCT FROM accountid
+               u.modifiedon AS occurred_at, false AS account_change, c.rowid AS _row{moved_olds}
+        FROM con_upd u JOIN contacts c USING (contactid)
+        WHERE NOT u.is_new AND u.old_accountid IS DISTINCT FROM u.accountid
         UNION ALL
-        SELECT c.contactid, c.accountid, c.accountid, {literal(REASON_ACCOUNT_UPDATED)},
-               a.modifiedon, true
-        FROM contacts c JOIN acc_upd a ON c.accountid = a.accountid
-        WHERE NOT c.is_deleted
-          AND NOT EXISTS (SELECT 1 FROM con_upd u WHERE u.contactid = c.contactid
+        SELECT m.contactid, m.accountid, m.accountid, {literal(REASON_ACCOUNT_UPDATED)},
+               m.modifiedon, true, m._row{kept_olds}
+        FROM members m
+        WHERE NOT EXISTS (SELECT 1 FROM con_upd u WHERE u.contactid = m.contactid
                           AND (u.is_new OR u.old_accountid IS DISTINCT FROM u.accountid))
         """
     )
     counts.contacts_repropagated = _scalar(con, "SELECT count(*) FROM prop")
     if counts.contacts_repropagated == 0:
         return
-    # The touched contacts, whole, in one pass: their old values below and their rewrite at
-    # the end both read this copy. Contacts of an account are scattered over the table, so
-    # every pass over them decompresses most of it.
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE touched AS "
-        "SELECT * FROM contacts WHERE contactid IN (SELECT contactid FROM prop)"
-    )
-    eff = effective_accounts_sql(fields, "WHERE a.accountid IN (SELECT new_accountid FROM prop)")
-    olds = ", ".join(f"c.{quote('account_' + c)} AS {quote('old_' + c)}" for c in cols)
+    if in_place:
+        olds = ", ".join(
+            f"p.{old[c]}"
+            if c in read
+            else f"CASE WHEN p.account_change THEN eff.{quote(c)} ELSE p.{old[c]} END AS {old[c]}"
+            for c in cols
+        )
+        kept, joined = f"p.* EXCLUDE ({', '.join(old.values())})", ""
+    else:
+        # The touched contacts, whole, in one pass: their old values here and their rewrite
+        # at the end both read this copy.
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE touched AS "
+            "SELECT * FROM contacts WHERE rowid IN (SELECT _row FROM prop)"
+        )
+        olds = ", ".join(f"c.{quote('account_' + c)} AS {old[c]}" for c in cols)
+        kept, joined = "p.*", "JOIN touched c USING (contactid)"
     news = ", ".join(f"eff.{quote(c)} AS {quote('new_' + c)}" for c in cols)
     # Rule 7: the limit is checked against the account's contacts after this cycle's moves.
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE prop_vals AS
-        SELECT p.*, {olds}, {news}, coalesce(n.contact_count, 0) AS contact_count,
+        SELECT {kept}, {olds}, {news}, coalesce(n.contact_count, 0) AS contact_count,
                p.account_change AND coalesce(n.contact_count, 0) > $limit AS suppressed
-        FROM prop p JOIN touched c USING (contactid)
-        LEFT JOIN ({eff}) eff ON eff.accountid = p.new_accountid
-        LEFT JOIN (SELECT accountid, count(*) AS contact_count FROM contacts
-                   WHERE NOT is_deleted AND accountid IN (SELECT accountid FROM acc_upd)
+        FROM prop p {joined}
+        LEFT JOIN acc_after eff ON eff.accountid = p.new_accountid
+        LEFT JOIN (SELECT accountid, count(*) AS contact_count FROM members
                    GROUP BY accountid) n ON n.accountid = p.new_accountid
         """,
         {"limit": ctx.contact_limit},
@@ -412,18 +487,24 @@ def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: Merg
         + " FROM prop_vals"
     ).fetchone()
     changed = [c for c, n in zip(cols, changed_counts, strict=True) if n]
-    if changed:
+    where = " OR ".join(qualified[c] for c in changed)
+    if changed and in_place:
+        sets = ", ".join(f"{quote('account_' + c)} = v.{quote('new_' + c)}" for c in changed)
+        con.execute(
+            f"UPDATE contacts c SET {sets} FROM prop_vals v WHERE c.rowid = v._row AND ({where})"
+        )
+    elif changed:
         rewrite_rows(
             con,
             "contacts",
             "contactid",
             {f"account_{c}": f"v.{quote('new_' + c)}" for c in changed},
             "prop_vals",
-            where="WHERE " + " OR ".join(qualified[c] for c in changed),
+            where=f"WHERE {where}",
             current="touched",
         )
     con.execute("DROP TABLE prop_vals")
-    con.execute("DROP TABLE touched")
+    con.execute("DROP TABLE IF EXISTS touched")
 
 
 def _refill_new_account_columns(con: duckdb.DuckDBPyConnection, ctx: MergeContext) -> None:

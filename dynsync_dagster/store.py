@@ -344,7 +344,16 @@ def apply_schema_change(
             con.execute(f"ALTER TABLE {table} DROP COLUMN {quote(col)}")
     for table, cols in change.added.items():
         for col in cols:
-            con.execute(f"ALTER TABLE {table} ADD COLUMN {quote(col)} {desired[table][col][0]}")
+            # Propagated account values are rewritten in place by every cycle that changes an
+            # account: DuckDB updates an uncompressed column without re-encoding its blocks.
+            storage = " USING COMPRESSION uncompressed" if _propagated(table, col) else ""
+            con.execute(
+                f"ALTER TABLE {table} ADD COLUMN {quote(col)} {desired[table][col][0]}{storage}"
+            )
+
+
+def _propagated(table: str, col: str) -> bool:
+    return table == "contacts" and col.startswith("account_")
 
 
 def _same_type(have: str, want: str) -> bool:
