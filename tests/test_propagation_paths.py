@@ -49,7 +49,7 @@ def test_in_place_and_rewritten_propagation_leave_the_same_store(
     current: list[Path] = []
     real_rewrite = merge.rewrite_rows
 
-    def spy(con, table, key, replace, source, **kw):  # noqa: ANN001, ANN003
+    def spy(con, table, key, replace, source, **kw):
         if kw.get("current") == "touched":
             ways[current[0]].append(table)
         return real_rewrite(con, table, key, replace, source, **kw)
