@@ -140,6 +140,35 @@ def test_a_full_read_does_not_take_a_record_set_aside_for_deleted(harness: Harne
     )
 
 
+def test_a_restored_contact_takes_its_accounts_current_values(harness: Harness) -> None:
+    """A deleted contact keeps the values it had; restored, it must catch up with its account."""
+    org = harness.sim.org
+    harness.cycle()
+    account = _sized(harness, 8)
+    contact = org.contacts_of(account)[0]
+    old_name = org.get_account(account)["name"]
+    org.delete_contact(contact)
+    harness.cycle()
+    org.update_account(account, name="Renamed While Deleted")
+    harness.cycle()  # the deleted contact is left as it was
+    assert (
+        harness.scalar(
+            "SELECT account_name FROM contacts WHERE contactid = ? AND is_deleted", [contact]
+        )
+        == old_name
+    )
+    org.restore_contact(contact)
+    result = harness.cycle()
+    assert harness.rows(
+        "SELECT is_deleted, account_name FROM contacts WHERE contactid = ?", [contact]
+    ) == [(False, "Renamed While Deleted")]
+    assert harness.rows(
+        "SELECT old_value, new_value, reason FROM activity_log WHERE contactid = ? "
+        "AND attribute = 'name' AND run_id = ?",
+        [contact, result.run_id],
+    ) == [(old_name, "Renamed While Deleted", "Contact restored in Dynamics")]
+
+
 def test_types_come_from_the_metadata(harness: Harness) -> None:
     harness.cycle()
     types = dict(

@@ -111,6 +111,8 @@ class Org:
         # id -> version at which its primary name last changed (for formatted-value caches).
         self.name_versions: dict[str, int] = {}
         self._children: dict[str, set[str]] = {}
+        # Deleted contacts as they were, for restore_contact (Dataverse's recycle bin).
+        self._recycle_bin: dict[str, list[Any]] = {}
         self._issued_tokens: dict[tuple[str, str], bool] = {}  # (entity, token) -> expired
         self.metadata_version = 0
 
@@ -485,6 +487,8 @@ class Org:
                 return
             self._unlink_child(table, record_id, row)
             table.remove(record_id)
+            if entity == "contact":
+                self._recycle_bin[record_id] = row
             version = self._next_version()
             table.record_change(version, record_id, deleted=True)
             self.name_versions[record_id] = version
@@ -534,6 +538,25 @@ class Org:
 
     def delete_contact(self, contact_id: str) -> None:
         self._delete("contact", contact_id)
+
+    def restore_contact(self, contact_id: str) -> int:
+        """Dataverse's restore of a deleted record: the same id and values, a new version.
+
+        Change tracking reports it as a new or updated record. Its parent must still exist.
+        """
+        with self.lock:
+            table = self.tables["contact"]
+            record_id = str(contact_id).lower()
+            if record_id not in self._recycle_bin:
+                raise KeyError(f"contact {contact_id} is not in the recycle bin")
+            row = self._recycle_bin[record_id]
+            parent = row[table.slots["parentcustomerid"]]
+            parent_type = row[table.slots["parentcustomeridtype"]]
+            self._check_parent(parent, parent_type)
+            del self._recycle_bin[record_id]
+            table.insert(record_id, row)
+            self._link_child(table, record_id, row)
+            return self._stamp(table, record_id, row, old_name=object())
 
     def _check_parent(self, parent_id: str | None, parent_type: str | None) -> None:
         if parent_id is None:
