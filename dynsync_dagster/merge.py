@@ -337,16 +337,20 @@ def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: Merg
     """
     fields = ctx.plan.synced("account")
     cols = account_columns(ctx.plan)
-    if not cols:
-        return
+    repointed = "NOT is_new AND (old_accountid IS DISTINCT FROM accountid OR was_deleted)"
+    if not cols or not _scalar(
+        con,
+        f"SELECT (SELECT count(*) FROM acc_upd) + (SELECT count(*) FROM con_upd WHERE {repointed})",
+    ):
+        return  # no account changed, no contact changed account: nothing to propagate
     # The values contacts take: of the updated accounts, and of those contacts moved into.
+    # (One IN list: an OR of two would scan every account.)
     con.execute(
         "CREATE OR REPLACE TEMP TABLE acc_after AS "
         + effective_accounts_sql(
             fields,
-            "WHERE a.accountid IN (SELECT accountid FROM acc_upd) OR a.accountid IN "
-            "(SELECT accountid FROM con_upd "
-            "WHERE old_accountid IS DISTINCT FROM accountid OR was_deleted)",
+            "WHERE a.accountid IN (SELECT accountid FROM acc_upd UNION ALL "
+            f"SELECT accountid FROM con_upd WHERE {repointed})",
         )
     )
     differs = con.execute(
