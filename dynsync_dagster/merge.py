@@ -343,15 +343,17 @@ def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: Merg
         f"SELECT (SELECT count(*) FROM acc_upd) + (SELECT count(*) FROM con_upd WHERE {repointed})",
     ):
         return  # no account changed, no contact changed account: nothing to propagate
-    # The values contacts take: of the updated accounts, and of those contacts moved into.
-    # (One IN list: an OR of two would scan every account.)
+    # The values contacts take. An updated account's new values are its staged ones (its
+    # rewrite copied them); only the accounts contacts moved into are read from the table.
+    names = ", ".join(quote(c) for c in ["accountid", *cols])
+    now_values = (
+        f"(SELECT {names} FROM acc_upd UNION ALL SELECT {names} FROM accounts "
+        f"WHERE accountid IN (SELECT accountid FROM con_upd WHERE {repointed}) "
+        "AND accountid NOT IN (SELECT accountid FROM acc_upd))"
+    )
     con.execute(
         "CREATE OR REPLACE TEMP TABLE acc_after AS "
-        + effective_accounts_sql(
-            fields,
-            "WHERE a.accountid IN (SELECT accountid FROM acc_upd UNION ALL "
-            f"SELECT accountid FROM con_upd WHERE {repointed})",
-        )
+        + effective_accounts_sql(fields, source=now_values)
     )
     differs = con.execute(
         "SELECT "
