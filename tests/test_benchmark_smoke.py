@@ -66,6 +66,10 @@ def test_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
         row = next((line for line in text.splitlines() if line.startswith(f"| {title} |")), None)
         assert row is not None, f"no figure row for {title!r}"
         assert "not run" not in row, row
+    # Every run against the simulator says how busy the simulator was meanwhile.
+    runs = text[text.index("## Runs") :]
+    cycle_rows = [r for r in runs.splitlines() if r.startswith("| Incremental cycle")]
+    assert cycle_rows and all('"sim_cpu_s"' in r for r in cycle_rows), cycle_rows
     peer = text[text.index("## Peer (dlt)") : text.index("## Runs")]
     if has_dlt:
         assert "rows/s" in peer, peer
