@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--token-lifetime", type=float, default=3599, help="seconds")
     parser.add_argument("--max-page-size", type=int, default=5000)
     parser.add_argument("--sync-user-is-admin", action="store_true")
+    parser.add_argument(
+        "--sync-user-cannot-read-roles",
+        action="store_true",
+        help="the sync user lacks prvReadRole: reading its security roles answers 403",
+    )
     return parser
 
 
@@ -107,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         token_lifetime_s=args.token_lifetime,
         max_page_size=args.max_page_size,
         sync_user_is_admin=args.sync_user_is_admin,
+        sync_user_can_read_roles=not args.sync_user_cannot_read_roles,
         trickle_per_minute=args.trickle_per_minute,
     )
     try:

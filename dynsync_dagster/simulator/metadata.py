@@ -46,6 +46,7 @@ _ENTITY_PROPS = (
     "CanChangeTrackingBeEnabled", "IsCustomEntity", "OwnershipType", "DisplayName",
     "IsValidForAdvancedFind", "IsManaged",
 )  # fmt: skip
+PRIVILEGE_DENIED = "0x80040220"
 SYSTEM_ADMIN_PROFILE = "572329c1-a042-4e22-be47-367c6374ea45"
 _ENTITY_KEY = re.compile(
     r"^EntityDefinitions(?:\((?:LogicalName='([^']*)'|([0-9a-fA-F-]{36}))\))?$"
@@ -417,7 +418,12 @@ class MetadataService:
         return user
 
     def system_user(
-        self, user_id: str, rest: list[str], params: dict[str, str], base: str
+        self,
+        user_id: str,
+        rest: list[str],
+        params: dict[str, str],
+        base: str,
+        caller_id: str | None = None,
     ) -> Response:
         user = self._user(user_id)
         if not rest:
@@ -441,6 +447,7 @@ class MetadataService:
         if rest == [f"{NS}RetrievePrincipalAttributePrivileges()"]:
             return self._attribute_privileges(user.systemuserid, base)
         if rest == ["systemuserroles_association"]:
+            self._check_read_role(caller_id)
             roles = [
                 {
                     "roleid": metadata_id("role", r),
@@ -457,6 +464,20 @@ class MetadataService:
             ]
             return json_response({"@odata.context": f"{base}$metadata#roles", "value": value})
         raise bad_query(f"Resource not found for the segment '{rest[0]}'.")
+
+    def _check_read_role(self, caller_id: str | None) -> None:
+        """Reading role rows needs prvReadRole; a minimal custom sync role may lack it."""
+        caller = self.org.users.get((caller_id or "").lower())
+        if caller is None or caller.can_read_roles:
+            return
+        raise ODataError(
+            403,
+            PRIVILEGE_DENIED,
+            f"Principal user (Id={caller.systemuserid}, type=8, roleCount={len(caller.roles)}, "
+            "privilegeCount=0, accessMode=0), is missing prvReadRole privilege "
+            f"(Id={metadata_id('privilege', 'prvReadRole')}) on OTC=1036 for entity 'role'. "
+            f"context.Caller={caller.systemuserid}",
+        )
 
     def _attribute_privileges(self, user_id: str, base: str) -> Response:
         privileges = []

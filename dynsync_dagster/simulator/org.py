@@ -26,6 +26,8 @@ class SystemUser:
     domainname: str
     roles: tuple[str, ...]
     is_application_user: bool = False
+    # False models a minimal custom role without prvReadRole: reading its roles is a 403.
+    can_read_roles: bool = True
 
     @property
     def is_admin(self) -> bool:

@@ -32,18 +32,27 @@ ADMIN_KEY_FILE = "admin-key"
 _FREEZE_THRESHOLD = 50_000
 
 
-def _make_users(sync_user_is_admin: bool, username: str) -> tuple[list[SystemUser], str, str]:
+def _make_users(
+    sync_user_is_admin: bool, username: str, can_read_roles: bool = True
+) -> tuple[list[SystemUser], str, str]:
     sync_id = metadata_id("systemuser", "sync")
     app_id = metadata_id("systemuser", "application")
     extra = (SYSTEM_ADMINISTRATOR,) if sync_user_is_admin else ()
     users = [
-        SystemUser(sync_id, "Dynsync Sync User", username, ("Salesperson", *extra)),
+        SystemUser(
+            sync_id,
+            "Dynsync Sync User",
+            username,
+            ("Salesperson", *extra),
+            can_read_roles=can_read_roles,
+        ),
         SystemUser(
             app_id,
             "# dynsync-app",
             "dynsync-app@dynsync-sim.onmicrosoft.com",
             ("Basic User", "Dynsync Reader", *extra),
             is_application_user=True,
+            can_read_roles=can_read_roles,
         ),
         SystemUser(
             metadata_id("systemuser", "alex"),
@@ -85,6 +94,7 @@ class Simulator:
         username: str = DEFAULT_USERNAME,
         password: str = DEFAULT_PASSWORD,
         sync_user_is_admin: bool = False,
+        sync_user_can_read_roles: bool = True,
         request_limit: int = 6000,
         concurrency_limit: int = 52,
         trickle_per_minute: float = 0,
@@ -98,7 +108,9 @@ class Simulator:
         self.tenant_id, self.client_id, self.client_secret = tenant_id, client_id, client_secret
         self.username, self.password = username, password
         self.trickle_per_minute = trickle_per_minute
-        users, sync_id, app_id = _make_users(sync_user_is_admin, username)
+        # sync_user_can_read_roles=False: both sync principals (ROPC user and application
+        # user) lack prvReadRole, as with a minimal custom sync role.
+        users, sync_id, app_id = _make_users(sync_user_is_admin, username, sync_user_can_read_roles)
         self.org = Org(
             users,
             sync_id,

@@ -186,7 +186,9 @@ class Application:
             return self.metadata.handle(segments, plain, base)
         keyed = _KEYED.match(head)
         if keyed and keyed.group(1) == "systemusers":
-            return self.metadata.system_user(keyed.group(2), segments[1:], plain, base)
+            return self.metadata.system_user(
+                keyed.group(2), segments[1:], plain, base, principal.user_id
+            )
         sets = {t.entity.entity_set: t for t in self.org.tables.values()}
         ctx = QueryContext(
             base, principal.user_id, parse_prefer(request.prefer), self.state.page_cap, params
