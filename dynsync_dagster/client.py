@@ -612,12 +612,17 @@ def _error_from(resp: requests.Response, content: bytes, url: str) -> DynamicsEr
     if not message:
         message = resp.reason or "no error message"
     status = resp.status_code
+    privilege = re.search(r"\bprv\w+", message) if status == 403 else None
     hint = {
         400: "the query is invalid for this org (check the selected field names and filter)",
         403: "the sync user lacks a privilege: give it a security role with organization-level "
         "read on the table",
         404: "the record, table or endpoint does not exist in this org",
     }.get(status, "")
+    if privilege:  # Dataverse names the missing privilege: point at it, not at table access
+        hint = (
+            f"the sync user lacks the {privilege.group(0)} privilege: add it to its security role"
+        )
     text = f"HTTP {status}{' ' + code if code else ''} from {_short(url)}: {message}"
     return DynamicsError(
         text + (f"; {hint}" if hint else ""), status=status, code=code, url=_short(url)

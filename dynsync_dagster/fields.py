@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+from .errors import DynamicsError
+
+T = TypeVar("T")
 
 ENTITIES = ("account", "contact")
 ENTITY_SET = {"account": "accounts", "contact": "contacts"}
@@ -170,17 +175,8 @@ def resolve_fields(
     """
     selection = {"account": list(account_fields), "contact": list(contact_fields)}
     before = set(previously_synced)
-    who = source.whoami()
-    user_id = who.get("UserId")
-    is_admin = bool(user_id) and SYSTEM_ADMINISTRATOR in source.role_names(user_id)
-    readable_secured: set[str] = set()
-    if user_id and not is_admin:
-        readable_secured = {
-            str(p.get("AttributeId", "")).lower()
-            for p in source.attribute_privileges(user_id)
-            if p.get("CanRead") == CAN_READ_ALLOWED
-        }
-
+    warnings: list[str] = []
+    user_id, is_admin, readable_secured = _sync_user_access(source, warnings)
     unknown: dict[str, list[str]] = {}
     known: dict[str, list[str]] = {}
     plan = FieldPlan(
@@ -189,6 +185,7 @@ def resolve_fields(
         change_tracking={},
         sync_user_id=user_id,
         sync_user_is_admin=is_admin,
+        warnings=warnings,
     )
     for entity in ENTITIES:
         definition = source.entity_definition(entity)
@@ -253,6 +250,60 @@ def resolve_fields(
     if unknown:
         raise FieldSelectionError(_unknown_message(unknown, known))
     return plan
+
+
+def _sync_user_access(
+    source: MetadataSource, warnings: list[str]
+) -> tuple[str | None, bool, set[str]]:
+    """Who the sync user is, whether it is a System Administrator, which secured columns it reads.
+
+    WhoAmI is required. The two security look-ups are optional: a minimal custom sync role may
+    lack the privilege to read its own roles (prvReadRole) or its own user row, and Dataverse
+    then answers 403. Without the roles the user is treated as a non-admin and its column
+    privileges decide; without those too, every secured column is left out. Each fallback
+    adds a warning. Metadata reads (EntityDefinitions, Attributes, typed attributes) stay
+    required: every user may read metadata, and they decide which columns exist and their types.
+    """
+    user_id = source.whoami().get("UserId")
+    if not user_id:
+        return None, False, set()
+    roles = _optional(
+        lambda: source.role_names(user_id),
+        warnings,
+        "could not read the sync user's security roles",
+        "it is treated as not a System Administrator and its column privileges "
+        "(RetrievePrincipalAttributePrivileges) decide which secured columns sync",
+    )
+    is_admin = roles is not None and SYSTEM_ADMINISTRATOR in roles
+    if is_admin:
+        return user_id, True, set()
+    privileges = _optional(
+        lambda: source.attribute_privileges(user_id),
+        warnings,
+        "could not read the sync user's column privileges",
+        "every secured column is left out until the sync user may read its own systemuser row",
+    )
+    readable = {
+        str(p.get("AttributeId", "")).lower()
+        for p in privileges or []
+        if p.get("CanRead") == CAN_READ_ALLOWED
+    }
+    return user_id, False, readable
+
+
+def _optional(call: Callable[[], T], warnings: list[str], what: str, fallback: str) -> T | None:
+    """Run an optional metadata call; a 403 (missing privilege) becomes a warning and None."""
+    try:
+        return call()
+    except DynamicsError as exc:
+        if exc.status != 403:
+            raise
+        missing = re.search(r"\bprv\w+", exc.message)
+        detail = f"HTTP 403{' ' + exc.code if exc.code else ''} on {exc.url}" + (
+            f", missing {missing.group(0)}" if missing else ""
+        )
+        warnings.append(f"{what} ({detail}): {fallback}")
+        return None
 
 
 def _decide(
