@@ -12,7 +12,7 @@ from pathlib import Path
 
 import duckdb
 
-from .merge import ACTIVITY_TYPE, SOURCE_LOCAL, literal
+from .merge import ACTIVITY_TYPE, SOURCE_LOCAL, activity_value_sql, literal
 from .store import (
     ensure_fixed_tables,
     open_store,
@@ -123,6 +123,13 @@ def _apply(
 
     col = quote(f"account_{field}")
     params = {"acc": account_id, "v": typed, "t": edited_at, "run": run_id}
+    # The values as text by the cycle's rule (merge.activity_value_sql): a choice by its label.
+    old_text = activity_value_sql(col, duck_type, quote(label_col) if has_label else None)
+    new_text = activity_value_sql(
+        f"CAST($v AS {duck_type})", duck_type, "$label" if has_label else None
+    )
+    if has_label:
+        params["label"] = label
     # Rule 6: one Local update row per contact whose value changes, whatever the account's size.
     # DuckDB returns the number of rows an INSERT wrote: the contacts whose value changes.
     changed = con.execute(
@@ -130,7 +137,7 @@ def _apply(
         INSERT INTO activity_log (activity_type, contactid, accountid, attribute, old_value,
             new_value, source, reason, occurred_at, run_id, logged_at)
         SELECT {literal(ACTIVITY_TYPE)}, contactid, accountid, {literal(field)},
-               CAST({col} AS VARCHAR), CAST(CAST($v AS {duck_type}) AS VARCHAR),
+               {old_text}, {new_text},
                {literal(SOURCE_LOCAL)}, {literal(REASON_LOCAL)}, $t, $run, $t
         FROM contacts
         WHERE accountid = CAST($acc AS UUID) AND NOT is_deleted

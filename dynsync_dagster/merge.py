@@ -32,6 +32,32 @@ def literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def activity_value_sql(value: str, duck_type: str, label: str | None = None) -> str:
+    """SQL for an activity row's old or new value, as Dynamics (and Marketo's Change Data
+    Value) shows it: the one rule for every writer of activity rows.
+
+    `value` is an SQL expression of the stored type `duck_type`; `label` is, for a choice, an
+    SQL expression of its label.
+    - A choice shows its label. An option without a known label shows its code, so that a
+      value never reads as cleared.
+    - Money and decimals show the digits the value needs: no trailing zeros after the point
+      and no point for a whole number (`1234.5`, `3096917551.66`, `12`, `0`, `-0.01`). The
+      store keeps money at Dataverse's four decimals, which is storage, not the value.
+    - Everything else is DuckDB's text for the stored value.
+    The choice's code is not repeated on the activity row: `contacts` keeps the code beside
+    the label, and `choice_labels` maps an attribute's label back to its code.
+    """
+    text = f"CAST({value} AS VARCHAR)"
+    if label is not None:
+        return f"coalesce({label}, {text})"
+    if duck_type.strip().upper().startswith("DECIMAL"):
+        # A DECIMAL of scale 0 has no point, and its zeros are significant.
+        return (
+            f"CASE WHEN contains({text}, '.') THEN rtrim(rtrim({text}, '0'), '.') ELSE {text} END"
+        )
+    return text
+
+
 @dataclass
 class MergeCounts:
     accounts_upserted: int = 0
@@ -437,16 +463,17 @@ def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: Merg
         {"limit": ctx.contact_limit},
     )
     fresh = ctx.schema.new_account_fields()
-    logged = [f.name for f in fields if f.name not in fresh]
+    logged_fields = [f for f in fields if f.name not in fresh]
+    logged = [f.name for f in logged_fields]
     if logged:
         # Rows that are logged get their text values; suppressed ones are only counted.
         diffs = " UNION ALL ".join(
             f"SELECT contactid, coalesce(new_accountid, old_accountid) AS accountid, "
-            f"{literal(n)} AS attribute, CAST({quote('old_' + n)} AS VARCHAR) AS old_value, "
-            f"CAST({quote('new_' + n)} AS VARCHAR) AS new_value, reason, occurred_at "
+            f"{literal(f.name)} AS attribute, {_logged_value(f, 'old_')} AS old_value, "
+            f"{_logged_value(f, 'new_')} AS new_value, reason, occurred_at "
             f"FROM prop_vals WHERE NOT suppressed "
-            f"AND {quote('old_' + n)} IS DISTINCT FROM {quote('new_' + n)}"
-            for n in logged
+            f"AND {quote('old_' + f.name)} IS DISTINCT FROM {quote('new_' + f.name)}"
+            for f in logged_fields
         )
         inserted = con.execute(
             f"""
@@ -518,6 +545,12 @@ def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: Merg
         )
     con.execute("DROP TABLE prop_vals")
     con.execute("DROP TABLE IF EXISTS touched")
+
+
+def _logged_value(f: FieldSpec, prefix: str) -> str:
+    """The activity text of prop_vals' old_ or new_ copy of a field (and of its label)."""
+    label = quote(prefix + f.label_column) if f.label_column else None
+    return activity_value_sql(quote(prefix + f.name), f.duck_type, label)
 
 
 def _refill_new_account_columns(con: duckdb.DuckDBPyConnection, ctx: MergeContext) -> None:

@@ -3,7 +3,7 @@
 It holds what the DuckDB store should contain and moves it forward the way the spec says:
 `cycle(snapshot, ...)` with what Dynamics holds when a cycle succeeds, `local_edit(...)` for
 `dynsync set-account-field`. Values are kept as the text DuckDB shows for them
-(`CAST(x AS VARCHAR)`), which is also the text of the activity log's old and new values.
+(`CAST(x AS VARCHAR)`); the activity log shows them the way Dynamics does (`activity_text`).
 
 Where the spec leaves a choice open, the model takes this reading (and says so here):
 - a contact that leaves its account for none logs its changes against the account it left;
@@ -63,6 +63,16 @@ def as_text(kind: str, value: Any) -> str | None:
     if kind == "lookup":
         return str(value).lower()
     return str(value)
+
+
+def activity_text(kind: str, text: str | None, label: str | None) -> str | None:
+    """A stored value as SPEC.md's activity log shows it, "the way Dynamics shows them":
+    a choice by its label (its code when the option has none), money as `1234.5`."""
+    if kind == "choice" and label is not None:
+        return label
+    if kind == "money" and text is not None:
+        return format(Decimal(text).normalize(), "f")  # 12.0000 -> 12, 0.5000 -> 0.5
+    return text
 
 
 def columns(name: str, kind: str, value: Any, labels: Mapping[int, str]) -> dict[str, str | None]:
@@ -242,7 +252,12 @@ class Model:
                 if suppressed:
                     self.suppressed += 1
                 else:
-                    self.activity.append((cid, dyn.accountid or left, f, old, new, SYNC))
+                    label = f"{f}_label"
+                    kind = ACCOUNT_KINDS[f]
+                    shown_old = activity_text(kind, old, stored.account_values.get(label))
+                    shown_new = activity_text(kind, new, new_values.get(label))
+                    row = (cid, dyn.accountid or left, f, shown_old, shown_new, SYNC)
+                    self.activity.append(row)
             stored.account_values = new_values
         for cid, stored in self.contacts.items():
             if cid not in dynamics.contacts:
@@ -273,7 +288,10 @@ class Model:
                 continue
             old = other.account_values.get(field_name)
             if old != text:
-                self.activity.append((cid, aid, field_name, old, text, LOCAL))
+                old_label = other.account_values.get(f"{field_name}_label")
+                shown_old = activity_text(kind, old, old_label)
+                shown_new = activity_text(kind, text, label)
+                self.activity.append((cid, aid, field_name, shown_old, shown_new, LOCAL))
                 logged += 1
             other.account_values[field_name] = text
             if kind == "choice":
