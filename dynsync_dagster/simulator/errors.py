@@ -43,3 +43,13 @@ def property_not_found(name: str, entity: str) -> ODataError:
 
 def bad_query(message: str) -> ODataError:
     return ODataError(400, PARSE_ERROR, message)
+
+
+def not_implemented(feature: str) -> ODataError:
+    """A Dataverse feature this simulator does not serve: 501, never a 200 that ignores it."""
+    return ODataError(
+        501,
+        "",
+        f"{feature} is not implemented by the dynsync simulator (Dataverse supports it). "
+        "Use OData query options the simulator serves, or test this against a real org.",
+    )

@@ -9,6 +9,7 @@ from typing import Any
 from .errors import ODataError, bad_query
 from .odata_filter import Literal, compile_filter, parse_filter
 from .org import Org
+from .relationships import RELATIONSHIPS, relationship_record
 from .responses import Response, json_response
 from .schema import SYSTEM_COLUMNS, Attribute, Entity, metadata_id
 
@@ -44,9 +45,21 @@ _ENTITY_PROPS = (
     "MetadataId", "LogicalName", "SchemaName", "EntitySetName", "LogicalCollectionName",
     "PrimaryIdAttribute", "PrimaryNameAttribute", "ObjectTypeCode", "ChangeTrackingEnabled",
     "CanChangeTrackingBeEnabled", "IsCustomEntity", "OwnershipType", "DisplayName",
-    "IsValidForAdvancedFind", "IsManaged",
+    "IsValidForAdvancedFind", "IsManaged", "IsPrivate", "IsActivity", "IsIntersect",
+    "IsLogicalEntity", "TableType", "Description",
 )  # fmt: skip
 PRIVILEGE_DENIED = "0x80040220"
+_RELATIONSHIP_ROUTES = {
+    "Keys": "EntityKeyMetadata",
+    "OneToManyRelationships": "OneToManyRelationshipMetadata",
+    "ManyToOneRelationships": "OneToManyRelationshipMetadata",
+    "ManyToManyRelationships": "ManyToManyRelationshipMetadata",
+}
+_DESCRIPTIONS = {
+    "account": "Business that represents a customer or potential customer.",
+    "contact": "Person with whom a business unit has a relationship, such as customer, "
+    "supplier, and colleague.",
+}
 SYSTEM_ADMIN_PROFILE = "572329c1-a042-4e22-be47-367c6374ea45"
 _ENTITY_KEY = re.compile(
     r"^EntityDefinitions(?:\((?:LogicalName='([^']*)'|([0-9a-fA-F-]{36}))\))?$"
@@ -192,6 +205,12 @@ def entity_record(entity: Entity) -> dict[str, Any]:
         "DisplayName": label(_display(entity.logical_name)),
         "IsValidForAdvancedFind": True,
         "IsManaged": True,
+        "IsPrivate": False,  # clients list tables with IsPrivate eq false
+        "IsActivity": False,
+        "IsIntersect": False,
+        "IsLogicalEntity": False,
+        "TableType": "Standard",
+        "Description": label(_DESCRIPTIONS.get(entity.logical_name, "")),
     }
 
 
@@ -303,7 +322,39 @@ class MetadataService:
                     )
                 ctx = f"{base}$metadata#EntityDefinitions{suffix}/$entity"
                 return json_response({"@odata.context": ctx, **body})
+            if segments[1] in _RELATIONSHIP_ROUTES:
+                return self._relationships(entity, key, segments[1:], params, base)
             return self._attributes_route(entity, key, segments[1:], params, base)
+
+    def _relationships(
+        self, entity: Entity, key: str, rest: list[str], params: dict[str, str], base: str
+    ) -> Response:
+        """Keys (none: the standard tables define no alternate keys) and relationships."""
+        if len(rest) > 1:
+            raise bad_query(f"Resource not found for the segment '{rest[1]}'.")
+        route = rest[0]
+        records: list[dict[str, Any]] = []
+        if route in ("OneToManyRelationships", "ManyToOneRelationships"):
+            primary_ids = {t.name: t.entity.primary_id for t in self.org.tables.values()}
+            side = "referenced" if route == "OneToManyRelationships" else "referencing"
+            records = [
+                relationship_record(rel, primary_ids)
+                for rel in RELATIONSHIPS
+                if getattr(rel, side) == entity.logical_name
+            ]
+        type_name = _RELATIONSHIP_ROUTES[route]
+        allowed = tuple(k for k in (records[0] if records else {}) if not k.startswith("@"))
+        allowed = allowed or ("MetadataId", "SchemaName", "LogicalName")
+        names = _parse_select(params.get("$select"), allowed, type_name)
+        keep = _dict_filter(params.get("$filter"), allowed, type_name)
+        value = [
+            {"@odata.type": r["@odata.type"], **_select(r, names, ("MetadataId",))}
+            for r in records
+            if keep(r)
+        ]
+        suffix = f"({','.join(names)})" if names else ""
+        ctx = f"{base}$metadata#EntityDefinitions({key})/{route}{suffix}"
+        return json_response({"@odata.context": ctx, "value": value})
 
     def _entities(self, params: dict[str, str], base: str) -> Response:
         names = _parse_select(params.get("$select"), _ENTITY_PROPS, "EntityMetadata")
