@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from .errors import bad_query
+from .errors import bad_query, not_implemented
 
 _TOKEN = re.compile(
     r"""\s*(?:
@@ -21,7 +21,8 @@ _TOKEN = re.compile(
      |(?P<date>\d{4}-\d{2}-\d{2}(?![\w:]))
      |(?P<num>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)
      |(?P<ident>[A-Za-z_][\w.]*(?:/[A-Za-z_][\w.]*)*)
-     |(?P<punct>[(),])
+     |(?P<dq>"(?:[^"\\]|\\.)*")
+     |(?P<punct>[(),=\[\]])
     )""",
     re.VERBOSE,
 )
@@ -34,6 +35,9 @@ COMPARISONS = {
     "le": "LessThanOrEqual",
 }
 FUNCTIONS = ("contains", "startswith", "endswith")
+CRM = "Microsoft.Dynamics.CRM."
+# Dataverse query functions served here; the others exist in Dataverse but not in the simulator.
+CRM_FUNCTIONS = {"In": "list", "NotIn": "list", "Between": "pair", "NotBetween": "pair"}
 _KEYWORDS = {"and", "or", "not", "null", "true", "false", *COMPARISONS, *FUNCTIONS}
 
 
@@ -57,7 +61,7 @@ class Literal:
 
 
 # AST: ("and"|"or", left, right) | ("not", node) | ("cmp", op, prop, Literal)
-#      | ("fn", name, prop, Literal)
+#      | ("fn", name, prop, Literal) | ("crm", name, prop, [Literal, ...])
 Node = tuple
 
 
@@ -79,6 +83,8 @@ def _literal(kind: str, raw: str) -> Literal:
     try:
         if kind == "str":
             return Literal("string", raw[1:-1].replace("''", "'"))
+        if kind == "dq":  # the JSON-style strings of a PropertyValues array
+            return Literal("string", re.sub(r"\\(.)", r"\1", raw[1:-1]))
         if kind == "enum":
             return Literal("enum", raw[raw.index("'") + 1 : -1].replace("''", "'"))
         if kind == "dt":
@@ -161,12 +167,47 @@ class _Parser:
             lit = self.literal()
             self.expect(")")
             return ("fn", tok[1], prop, lit)
+        if tok[0] == "ident" and tok[1].startswith(CRM) and self.peek() == ("punct", "("):
+            return self.crm_function(tok[1][len(CRM) :])
         if tok[0] != "ident" or tok[1] in _KEYWORDS:
             raise bad_query(f"Syntax error at '{tok[1]}' in '{self.text}': property expected.")
         op_tok = self.take()
         if op_tok[0] != "ident" or op_tok[1] not in COMPARISONS:
             raise bad_query(f"Syntax error at '{op_tok[1]}' in '{self.text}': operator expected.")
         return ("cmp", op_tok[1], tok[1], self.literal())
+
+    def crm_function(self, name: str) -> Node:
+        """`In(PropertyName='x',PropertyValues=["a","b"])` and its siblings (named arguments)."""
+        if name not in CRM_FUNCTIONS:
+            raise not_implemented(
+                f"The query function {CRM}{name} (served: {', '.join(CRM_FUNCTIONS)})"
+            )
+        self.take()  # "("
+        args: dict[str, Any] = {}
+        while True:
+            key = self.take()
+            self.expect("=")
+            args[key[1]] = self.values() if self.peek() == ("punct", "[") else self.literal()
+            if self.take() == ("punct", ")"):
+                break
+        prop, values = args.get("PropertyName"), args.get("PropertyValues")
+        if not isinstance(prop, Literal) or prop.kind != "string" or not isinstance(values, list):
+            raise bad_query(
+                f"{CRM}{name} needs PropertyName='<property>' and PropertyValues=[...] arguments."
+            )
+        if CRM_FUNCTIONS[name] == "pair" and len(values) != 2:
+            raise bad_query(f"{CRM}{name} needs exactly two PropertyValues.")
+        return ("crm", name, prop.value, values)
+
+    def values(self) -> list[Literal]:
+        self.take()  # "["
+        out: list[Literal] = []
+        while self.peek() != ("punct", "]"):
+            out.append(self.literal())
+            if self.peek() == ("punct", ","):
+                self.take()
+        self.take()
+        return out
 
     def property(self) -> str:
         kind, raw = self.take()
@@ -224,6 +265,8 @@ def compile_filter(
     if kind == "not":
         inner = compile_filter(node[1], getter, check)
         return lambda r: not inner(r)
+    if kind == "crm":
+        return _crm_predicate(node, getter, check)
     _, op, prop, lit = node
     get = getter(prop)
     value = check(prop, op, lit) if check else lit.value
@@ -251,3 +294,21 @@ def compile_filter(
         "le": lambda v: v <= value,
     }[op]
     return lambda r: (v := get(r)) is not None and cmp(_fold(v))
+
+
+def _crm_predicate(
+    node: Node,
+    getter: Callable[[str], Callable[[Any], Any]],
+    check: Callable[[str, str, Literal], Any] | None,
+) -> Callable[[Any], bool]:
+    _, name, prop, literals = node
+    get = getter(prop)
+    values = [_fold(check(prop, name, lit) if check else lit.value) for lit in literals]
+    # SQL semantics again: a null column is neither in nor out of a list or range.
+    if name in ("In", "NotIn"):
+        wanted = set(values)
+        inside = name == "In"
+        return lambda r: (v := get(r)) is not None and (_fold(v) in wanted) == inside
+    low, high = values
+    between = name == "Between"
+    return lambda r: (v := get(r)) is not None and (low <= _fold(v) <= high) == between

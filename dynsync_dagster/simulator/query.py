@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import bisect
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -13,10 +15,12 @@ import orjson
 
 from . import paging
 from .annotations import Annotations, Preferences
-from .errors import ODataError, bad_query, property_not_found
-from .odata_filter import COMPARISONS, Literal, compile_filter, parse_filter
+from .errors import NOT_FOUND, ODataError, bad_query, not_implemented, property_not_found
+from .expand import COLLECTION_LIMIT, Expansion, children_index, parse_expand, single_target
+from .odata_filter import COMPARISONS, CRM_FUNCTIONS, Literal, compile_filter, parse_filter
 from .org import DeltaTokenError, Org
 from .prefetch import Prefetcher
+from .relationships import Relationship, navigation
 from .responses import JSON_TYPE, Response
 from .schema import Attribute
 from .serialize import RowCache, compile_serializer
@@ -27,10 +31,19 @@ MAX_PAGE_SIZE = 5000
 _SAFE = "$,()'=:@-_.~"
 COUNT_LIMIT = 5000
 _TRACKING_REJECTS = ("$filter", "$orderby", "$expand", "$top")
+# Options Dataverse itself refuses (400).
 _UNSUPPORTED = {
     "$skip": "Skip Clause is not supported in CRM",
-    "$apply": "$apply is not supported",
     "$search": "$search is not supported",
+    "$format": "$format is not supported",
+}
+# Queries Dataverse runs but the simulator does not: a 501, never every row with a 200.
+_NOT_IMPLEMENTED = {
+    "fetchXml": "A FetchXML query (fetchXml=)",
+    "sql": "A SQL query (sql=)",
+    "savedQuery": "A saved view query (savedQuery=)",
+    "userQuery": "A personal view query (userQuery=)",
+    "$apply": "Aggregation ($apply)",
 }
 _EDM = {
     "String": "Edm.String",
@@ -88,6 +101,32 @@ def _edm(attr: Attribute) -> str:
     return _EDM.get(attr.attribute_type, "Edm.String")
 
 
+def _coerce(edm: str, lit: Literal, function: str) -> Any:
+    """A PropertyValues entry (Collection(Edm.String)) converted to the property's type."""
+    text = str(lit.value) if lit.kind in ("string", "int", "decimal") else None
+    try:
+        if text is None:
+            raise ValueError(text)
+        if edm in ("Edm.Int32", "Edm.Int64"):
+            return int(text)
+        if edm in ("Edm.Decimal", "Edm.Double"):
+            return float(text)
+        if edm == "Edm.Guid":
+            return str(uuid.UUID(text))
+        if edm == "Edm.Boolean":
+            return {"true": True, "false": False}[text.lower()]
+        if edm == "Edm.DateTimeOffset":
+            return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+        if edm == "Edm.Date":
+            return date.fromisoformat(text)
+        return text
+    except (ValueError, KeyError):
+        raise bad_query(
+            f"The value '{lit.value}' in PropertyValues of Microsoft.Dynamics.CRM.{function} "
+            f"is not a valid {edm}."
+        ) from None
+
+
 def _fold(value: Any) -> Any:
     return value.casefold() if isinstance(value, str) else value
 
@@ -120,6 +159,28 @@ class _View:
     key: Callable[[str], tuple] | None  # None: primary-key order, bisect on the ids directly
 
 
+@dataclass
+class _Expanded:
+    """One $expand item, ready to serve: its target table, row shape and child index."""
+
+    exp: Expansion
+    target: Table
+    cache: RowCache
+    names: list[str] | None
+    children: dict[str, list[str]]
+
+
+def _with_expand(names: list[str] | None, expanded: list[_Expanded]) -> list[str] | None:
+    """Context-URL selection: `name,contact_customer_accounts(fullname)`."""
+    if not expanded:
+        return names
+    out = list(names or [])
+    for item in expanded:
+        inner = f"({','.join(item.names)})" if item.names else ""
+        out.append(f"{item.exp.name}{inner}")
+    return out
+
+
 class EntityQueries:
     """Serves entity-set requests; owns the per-shape row caches and per-query id lists."""
 
@@ -130,6 +191,8 @@ class EntityQueries:
         self._max_shapes = max_shapes
         self._max_views = max_views
         self.prefetcher = Prefetcher(org)
+        self._expand_shapes: OrderedDict[tuple, RowCache] = OrderedDict()
+        self._children: dict[str, tuple[tuple[int, int], dict[str, list[str]]]] = {}
 
     # ---- option parsing ------------------------------------------------------------
 
@@ -155,8 +218,15 @@ class EntityQueries:
         return props, names
 
     def _shape(
-        self, table: Table, props: list[Attribute], ann: Annotations, masked: frozenset[str]
+        self,
+        table: Table,
+        props: list[Attribute],
+        ann: Annotations,
+        masked: frozenset[str],
+        pool: OrderedDict[tuple, RowCache] | None = None,
     ) -> RowCache:
+        # Expanded rows use their own pool so a $expand never evicts a sync client's shapes.
+        shapes = self._shapes if pool is None else pool
         flags = (ann.formatted, ann.lookup_logical_name, ann.navigation_property)
         key = (
             table.name,
@@ -165,7 +235,7 @@ class EntityQueries:
             masked,
             table.schema_version,
         )
-        cache = self._shapes.get(key)
+        cache = shapes.get(key)
         if cache is None:
             serializer = compile_serializer(self.org, table, props, ann, masked)
             name_slots = [
@@ -174,11 +244,11 @@ class EntityQueries:
                 if a.is_lookup and ann.formatted and a.logical_name not in masked
             ]
             cache = RowCache(self.org, table, serializer, name_slots)
-            self._shapes[key] = cache
-            if len(self._shapes) > self._max_shapes:
-                self._shapes.popitem(last=False)
+            shapes[key] = cache
+            if len(shapes) > self._max_shapes:
+                shapes.popitem(last=False)
         else:
-            self._shapes.move_to_end(key)
+            shapes.move_to_end(key)
         return cache
 
     def _predicate(self, table: Table, text: str, masked: frozenset[str]) -> Callable[[list], bool]:
@@ -197,6 +267,8 @@ class EntityQueries:
         def check(prop: str, op: str, lit: Literal) -> Any:
             attr = web[prop]
             edm = _edm(attr)
+            if op in CRM_FUNCTIONS:
+                return _coerce(edm, lit, op)
             if lit.kind == "null":
                 return None
             if lit.kind not in _ACCEPTS.get(edm, {"string"}):
@@ -287,12 +359,17 @@ class EntityQueries:
 
     # ---- requests --------------------------------------------------------------------
 
-    def collection(self, table: Table, ctx: QueryContext) -> Response:
+    @staticmethod
+    def _refuse_unserved(ctx: QueryContext) -> None:
         for option, message in _UNSUPPORTED.items():
             if ctx.param(option) is not None:
                 raise bad_query(message)
-        if ctx.param("$expand") is not None and not ctx.prefs.track_changes:
-            raise bad_query("$expand is not supported by the dynsync simulator.")
+        for option, feature in _NOT_IMPLEMENTED.items():
+            if ctx.param(option) is not None:
+                raise not_implemented(feature)
+
+    def collection(self, table: Table, ctx: QueryContext) -> Response:
+        self._refuse_unserved(ctx)
         delta_token = ctx.param("$deltatoken")
         tracking_on = table.entity.change_tracking
         if delta_token is not None or (ctx.prefs.track_changes and tracking_on):
@@ -344,6 +421,10 @@ class EntityQueries:
         start = 0
         if cookie is not None:
             start = self._resume(view, cookie, order, table)
+        # "If you include both, $top is ignored" (page-results, 2024; the 2021 page said the
+        # opposite): with odata.maxpagesize, or on a page of a paged read, the pages win.
+        if top is not None and (ctx.prefs.max_page_size is not None or cookie is not None):
+            top = None
         if top is not None:
             page_ids, more = view.ids[: min(top, MAX_PAGE_SIZE)], False
         else:
@@ -356,10 +437,14 @@ class EntityQueries:
         )
         cache = self._shape(table, props, ctx.prefs.annotations, masked)
         rows = table.rows
-        body = [b'{"@odata.context":', orjson.dumps(self._context(ctx, table, names))]
+        expanded = self._prepare_expand(table, ctx)
+        context = self._context(ctx, table, _with_expand(names, expanded))
+        body = [b'{"@odata.context":', orjson.dumps(context)]
         body += self._count_annotations(ctx.prefs.annotations, count, len(view.ids))
         body.append(b',"value":[')
-        body.append(b",".join([cache.row_bytes(i, rows[i]) for i in page_ids]))
+        body.append(
+            b",".join([self._row(ctx, table, cache, expanded, i, rows[i]) for i in page_ids])
+        )
         body.append(b"]")
         if more:
             self.prefetcher.submit(cache, table, view.ids[start + size : start + 2 * size])
@@ -528,9 +613,96 @@ class EntityQueries:
         body.append(b"}")
         return Response(200, b"".join(body), JSON_TYPE, self._headers(ctx, size, True))
 
+    # ---- $expand ----------------------------------------------------------------------
+
+    def _prepare_expand(self, table: Table, ctx: QueryContext) -> list[_Expanded]:
+        text = ctx.param("$expand")
+        if text is None:
+            return []
+        out: list[_Expanded] = []
+        for exp in parse_expand(text, table.name):
+            target = self.org.tables[exp.target]
+            props, names = self._select(target, exp.select)
+            if exp.collection:  # each related row also carries its lookup to the parent
+                back = target.entity.web_properties()[f"_{exp.rel.attribute}_value"]
+                if back not in props:
+                    props.append(back)
+            masked = self.org.masked_columns(ctx.user_id, target.name)
+            cache = self._shape(
+                target, props, ctx.prefs.annotations, masked, pool=self._expand_shapes
+            )
+            children = self._children_of(exp.rel, target) if exp.collection else {}
+            out.append(_Expanded(exp, target, cache, names, children))
+        return out
+
+    def _children_of(self, rel: Relationship, referencing: Table) -> dict[str, list[str]]:
+        stamp = (referencing.data_version, referencing.schema_version)
+        cached = self._children.get(rel.schema_name)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, children_index(rel, referencing))
+            self._children[rel.schema_name] = cached
+        return cached[1]
+
+    def _row(
+        self,
+        ctx: QueryContext,
+        table: Table,
+        cache: RowCache,
+        expanded: list[_Expanded],
+        record_id: str,
+        row: list,
+    ) -> bytes:
+        data = cache.row_bytes(record_id, row)
+        if not expanded:
+            return data
+        parts: list[bytes] = []
+        for item in expanded:
+            key = orjson.dumps(item.exp.name)
+            if not item.exp.collection:
+                target_id = single_target(item.exp.rel, table, row)
+                target_row = item.target.rows.get(target_id) if target_id else None
+                value = b"null"
+                if target_row is not None:  # expanded single-valued records carry no etag
+                    obj = orjson.loads(item.cache.row_bytes(target_id, target_row))
+                    obj.pop("@odata.etag", None)
+                    value = orjson.dumps(obj)
+                parts.append(key + b":" + value)
+                continue
+            ids = item.children.get(record_id, [])[:COLLECTION_LIMIT]
+            related = [item.cache.row_bytes(i, item.target.rows[i]) for i in ids]
+            parts.append(key + b":[" + b",".join(related) + b"]")
+            link = f"{ctx.api_base}{table.entity.entity_set}({record_id})/{item.exp.name}"
+            if item.exp.select:
+                link += f"?$select={quote(item.exp.select, safe=_SAFE)}"
+            parts.append(
+                orjson.dumps(f"{item.exp.name}@odata.nextLink") + b":" + orjson.dumps(link)
+            )
+        return data[:-1] + b"," + b",".join(parts) + b"}"
+
+    def related(
+        self, parent: Table, parent_id: str, name: str, ctx: QueryContext
+    ) -> Response | None:
+        """`accounts(<id>)/contact_customer_accounts`: a filtered collection (None: no such nav)."""
+        found = navigation(parent.name, name)
+        if found is None or not found[1]:
+            return None
+        rel = found[0]
+        with self.org.lock:
+            if parent_id.lower() not in parent.rows:
+                raise ODataError(
+                    404, NOT_FOUND, f"{parent.name} With Id = {parent_id.lower()} Does Not Exist"
+                )
+        condition = f"_{rel.attribute}_value eq {parent_id.lower()}"
+        user_filter = ctx.param("$filter")
+        combined = f"{condition} and ({user_filter})" if user_filter else condition
+        params = [(k, v) for k, v in ctx.params if k != "$filter"] + [("$filter", combined)]
+        narrowed = QueryContext(ctx.api_base, ctx.user_id, ctx.prefs, ctx.page_cap, params)
+        return self.collection(self.org.tables[rel.referencing], narrowed)
+
     # ---- single record and $count ------------------------------------------------------
 
     def single(self, table: Table, record_id: str, ctx: QueryContext) -> Response:
+        self._refuse_unserved(ctx)
         with self.org.lock:
             masked = self.org.masked_columns(ctx.user_id, table.name)
             props, names = self._select(table, ctx.param("$select"))
@@ -539,14 +711,17 @@ class EntityQueries:
                 raise ODataError(
                     404, "0x80040217", f"{table.name} With Id = {record_id.lower()} Does Not Exist"
                 )
-            data = self._shape(table, props, ctx.prefs.annotations, masked).row_bytes(
-                record_id.lower(), row
+            cache = self._shape(table, props, ctx.prefs.annotations, masked)
+            expanded = self._prepare_expand(table, ctx)
+            data = self._row(ctx, table, cache, expanded, record_id.lower(), row)
+            context = orjson.dumps(
+                self._context(ctx, table, _with_expand(names, expanded), "/$entity")
             )
-            context = orjson.dumps(self._context(ctx, table, names, "/$entity"))
             body = b'{"@odata.context":' + context + b"," + data[1:]
             return Response(200, body, JSON_TYPE, self._headers(ctx, None, False))
 
     def count(self, table: Table, ctx: QueryContext) -> Response:
+        self._refuse_unserved(ctx)
         with self.org.lock:
             token = ctx.param("$deltatoken")
             if token is not None:

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .annotations import parse_prefer
 from .auth import Authority, Principal, TokenStore
-from .errors import ODataError
+from .errors import ODataError, not_implemented
 from .faults import FaultInjector
 from .limits import ServiceProtection
 from .metadata import MetadataService
@@ -22,6 +22,10 @@ from .query import EntityQueries, QueryContext
 from .responses import Response, json_response
 
 API_ROOT = "/api/data/v9.2/"
+# Read-only functions Dataverse has and the simulator does not serve: 501, not a 404.
+_UNSERVED_FUNCTIONS = frozenset(
+    {"RetrieveMetadataChanges", "RetrieveTotalRecordCount", "RetrieveAllEntities"}
+)
 _KEYED = re.compile(
     r"^(\w+)\(([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\)$"
 )
@@ -182,6 +186,8 @@ class Application:
         head = segments[0]
         if head in ("WhoAmI", "WhoAmI()") and len(segments) == 1:
             return self.metadata.who_am_i(principal.user_id, base)
+        if head.split("(")[0] in _UNSERVED_FUNCTIONS:
+            raise not_implemented(f"The {head.split('(')[0]} function")
         if head.startswith("EntityDefinitions"):
             return self.metadata.handle(segments, plain, base)
         keyed = _KEYED.match(head)
@@ -201,6 +207,10 @@ class Application:
                 return self.queries.count(table, ctx)
         elif keyed and keyed.group(1) in sets and len(segments) == 1:
             return self.queries.single(sets[keyed.group(1)], keyed.group(2), ctx)
+        elif keyed and keyed.group(1) in sets and len(segments) == 2:
+            related = self.queries.related(sets[keyed.group(1)], keyed.group(2), segments[1], ctx)
+            if related is not None:
+                return related
         raise ODataError(404, "0x80060888", f"Resource not found for the segment '{head}'.")
 
     def _service_document(self, base: str) -> Response:
