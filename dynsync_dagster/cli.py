@@ -173,7 +173,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from .lineage import trace
+    from .lineage import render_lineage, trace
     from .store import StoreBusyError, open_store
 
     table, _, column = args.column.partition(".")
@@ -191,9 +191,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         raise CommandError(
             f"{args.column} has no recorded lineage (not a synced column? see the sync_fields table)"
         )
-    print(args.column)
-    for depth, (source_table, source_column, description) in enumerate(chain, start=1):
-        print(f"{'  ' * depth}<- {source_table}.{source_column}   {description}")
+    print(render_lineage(args.column, chain))
     return 0
 
 

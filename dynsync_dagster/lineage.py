@@ -25,6 +25,11 @@ _BASE_DESCRIPTIONS = {
 }
 
 
+# Stored columns that a row of column_sources describes by hand instead of the generic
+# system-field rule: their value is derived, not copied from the attribute of the same name.
+_DERIVED = {("contacts", "accountid")}
+
+
 @dataclass(frozen=True)
 class ColumnSource:
     table: str
@@ -38,7 +43,7 @@ def column_sources(plan: FieldPlan) -> list[ColumnSource]:
     out: list[ColumnSource] = []
     for table, entity in (("accounts", "account"), ("contacts", "contact")):
         for col in BASE_COLUMNS[table]:
-            if col in SYSTEM_FIELDS[entity]:
+            if col in SYSTEM_FIELDS[entity] and (table, col) not in _DERIVED:
                 api = f"_{col}_value" if col in ("parentcustomerid",) else col
                 out.append(
                     ColumnSource(
@@ -85,7 +90,8 @@ def column_sources(plan: FieldPlan) -> list[ColumnSource]:
             "accountid",
             "dynamics.contact",
             "_parentcustomerid_value",
-            "The contact's account: its parent customer when that is an account",
+            "The contact's account: its parent customer lookup (Dynamics "
+            "contact.parentcustomerid) when that points to an account, else NULL",
         )
     )
     for f in plan.synced("account"):
@@ -109,43 +115,84 @@ def write_lineage(con: duckdb.DuckDBPyConnection, plan: FieldPlan, now: datetime
         (s.table, s.column, s.source_table, s.source_column, s.description, now)
         for s in column_sources(plan)
     ]
+    rows += [(*r, now) for r in _activity_value_sources(plan)]
+    con.execute("DELETE FROM column_lineage")
+    insert_values(con, "column_lineage", rows)
+
+
+def _activity_value_sources(plan: FieldPlan) -> list[tuple[str, str, str, str, str]]:
+    """activity_log's old_value and new_value: the contact's copy of the field, as Dynamics shows
+    it (merge.activity_value_sql): a choice by its label, the code only when it has none."""
+    rows = []
     for f in plan.synced("account"):
-        for col in ("old_value", "new_value"):
+        for col, when in (("old_value", "before"), ("new_value", "after")):
+            if f.label_column:
+                rows.append(
+                    (
+                        "activity_log",
+                        col,
+                        "contacts",
+                        f"account_{f.label_column}",
+                        f"When attribute = '{f.name}': the label {when} the change",
+                    )
+                )
+                how = f"the code {when} the change, when the option has no label"
+            else:
+                how = f"its value {when} the change, as text the way Dynamics shows it"
             rows.append(
                 (
                     "activity_log",
                     col,
                     "contacts",
                     f"account_{f.name}",
-                    f"When attribute = '{f.name}': the value of contacts.account_{f.name} "
-                    f"{'before' if col == 'old_value' else 'after'} the change, as text",
-                    now,
+                    f"When attribute = '{f.name}': {how}",
                 )
             )
-    con.execute("DELETE FROM column_lineage")
-    insert_values(con, "column_lineage", rows)
+    return rows
 
 
-def trace(con: duckdb.DuckDBPyConnection, table: str, column: str) -> list[tuple[str, str, str]]:
-    """The chain from a stored column back to its Dynamics attribute: (table, column, how)."""
-    chain: list[tuple[str, str, str]] = []
-    frontier = [(table, column)]
-    seen = set()
-    while frontier:
-        t, c = frontier.pop(0)
-        if (t, c) in seen:
-            continue
-        seen.add((t, c))
-        rows = con.execute(
-            "SELECT source_table, source_column, description FROM column_lineage "
-            "WHERE table_name = ? AND column_name = ? ORDER BY source_column",
-            [t, c],
-        ).fetchall()
-        for source_table, source_column, description in rows:
-            chain.append((source_table, source_column, description))
+@dataclass(frozen=True)
+class LineageStep:
+    """One source in a column's lineage tree; depth 1 is a direct source of the column."""
+
+    depth: int
+    source_table: str
+    source_column: str
+    description: str
+
+
+def trace(con: duckdb.DuckDBPyConnection, table: str, column: str) -> list[LineageStep]:
+    """The tree from a stored column back to its Dynamics attributes, depth first: each source
+    is followed by its own sources, one level deeper."""
+    sources: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
+    for t, c, st, sc, description in con.execute(
+        "SELECT table_name, column_name, source_table, source_column, description "
+        "FROM column_lineage ORDER BY source_column, source_table"
+    ).fetchall():
+        sources.setdefault((t, c), []).append((st, sc, description))
+    steps: list[LineageStep] = []
+    expanded: set[tuple[str, str]] = set()
+
+    def visit(node: tuple[str, str], depth: int) -> None:
+        if node in expanded:  # a column reached twice is followed once (and lineage never loops)
+            return
+        expanded.add(node)
+        for source_table, source_column, description in sources.get(node, []):
+            steps.append(LineageStep(depth, source_table, source_column, description))
             if not source_table.startswith("dynamics."):
-                frontier.append((source_table, source_column))
-    return chain
+                visit((source_table, source_column), depth + 1)
+
+    visit((table, column), 1)
+    return steps
+
+
+def render_lineage(column: str, steps: list[LineageStep]) -> str:
+    """The tree as `dynsync lineage` prints it: indented by depth, so that sources at the same
+    depth line up, with the descriptions in one column."""
+    heads = [f"{'  ' * s.depth}<- {s.source_table}.{s.source_column}" for s in steps]
+    width = max((len(h) for h in heads), default=0)
+    lines = [f"{h.ljust(width)}   {s.description}" for h, s in zip(heads, steps, strict=True)]
+    return "\n".join([column, *lines])
 
 
 def describe(plan: FieldPlan, table: str) -> dict[str, str]:
