@@ -225,7 +225,7 @@ def resolve_fields(
                 and (
                     not attr.get("IsSecured")
                     or is_admin
-                    or str(attr.get("MetadataId", "")).lower() in readable_secured
+                    or str(attr.get("MetadataId", "")).lower() in (readable_secured or ())
                 )
             )
             type_name = (attr.get("AttributeTypeName") or {}).get("Value")
@@ -254,7 +254,7 @@ def resolve_fields(
 
 def _sync_user_access(
     source: MetadataSource, warnings: list[str]
-) -> tuple[str | None, bool, set[str]]:
+) -> tuple[str | None, bool, set[str] | None]:
     """Who the sync user is, whether it is a System Administrator, which secured columns it reads.
 
     WhoAmI is required. The two security look-ups are optional: a minimal custom sync role may
@@ -283,9 +283,11 @@ def _sync_user_access(
         "could not read the sync user's column privileges",
         "every secured column is left out until the sync user may read its own systemuser row",
     )
+    if privileges is None:
+        return user_id, False, None
     readable = {
         str(p.get("AttributeId", "")).lower()
-        for p in privileges or []
+        for p in privileges
         if p.get("CanRead") == CAN_READ_ALLOWED
     }
     return user_id, False, readable
@@ -312,7 +314,7 @@ def _decide(
     attr: Mapping,
     extra: Mapping,
     is_admin: bool,
-    readable_secured: set[str],
+    readable_secured: set[str] | None,
 ) -> tuple[FieldDecision, FieldSpec | None]:
     type_name = (attr.get("AttributeTypeName") or {}).get(
         "Value"
@@ -340,6 +342,11 @@ def _decide(
         and type_name not in ("MoneyType", "DecimalType", "DateTimeType")
     ):
         return no(f"type {type_name} is not synced (no value in the Web API row)", True)
+    if secured and not is_admin and readable_secured is None:
+        return no(
+            "secured column: the sync user's column privileges could not be read "
+            "(RetrievePrincipalAttributePrivileges was refused), so it is left out"
+        )
     if secured and not is_admin and str(attr.get("MetadataId", "")).lower() not in readable_secured:
         return no(
             "secured column: the sync user has no read permission in a field security "

@@ -80,3 +80,38 @@ def test_cycle_succeeds_and_warns_once(
     logged = [r for r in caplog.records if "security roles" in r.getMessage()]
     assert len(logged) == 1
     assert logged[0].name.startswith("dynsync")
+
+
+def test_column_privileges_403_leaves_secured_columns_out(tmp_path: Path) -> None:
+    with (
+        Simulator(
+            SMALL,
+            state_dir=tmp_path / "sim",
+            sync_user_can_read_roles=False,
+            sync_user_can_read_users=False,
+        ) as sim,
+        DynamicsClient(_conn(sim, "client_credentials")) as client,
+    ):
+        user_id = client.whoami()["UserId"]
+        with pytest.raises(DynamicsError) as caught:
+            client.attribute_privileges(user_id)
+        assert (caught.value.status, caught.value.code) == (403, "0x80040220")
+        assert "is missing prvReadUser privilege" in caught.value.message
+        plan = resolve_fields(client, ACCOUNT_FIELDS, CONTACT_FIELDS)
+    assert len(plan.warnings) == 2
+    assert "column privileges" in plan.warnings[1] and "prvReadUser" in plan.warnings[1]
+    synced = {(f.entity, f.name) for e in ("account", "contact") for f in plan.synced(e)}
+    secured = {("account", "creditlimit"), ("account", "creditonhold"), ("contact", "governmentid")}
+    assert not synced & secured
+    assert ("account", "name") in synced
+    reasons = {(d.entity, d.field): d.reason for d in plan.decisions}
+    assert "could not be read" in reasons[("account", "creditlimit")]
+
+
+def test_simulator_cli_flags_model_the_minimal_role() -> None:
+    from dynsync_dagster.simulator.__main__ import _parser
+
+    args = _parser().parse_args(["--sync-user-cannot-read-roles", "--sync-user-cannot-read-users"])
+    assert args.sync_user_cannot_read_roles and args.sync_user_cannot_read_users
+    defaults = _parser().parse_args([])
+    assert not defaults.sync_user_cannot_read_roles and not defaults.sync_user_cannot_read_users

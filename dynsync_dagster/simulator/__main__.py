@@ -49,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the sync user lacks prvReadRole: reading its security roles answers 403",
     )
+    parser.add_argument(
+        "--sync-user-cannot-read-users",
+        action="store_true",
+        help="the sync user lacks prvReadUser: its systemuser row and column privileges are 403",
+    )
     return parser
 
 
@@ -113,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         max_page_size=args.max_page_size,
         sync_user_is_admin=args.sync_user_is_admin,
         sync_user_can_read_roles=not args.sync_user_cannot_read_roles,
+        sync_user_can_read_users=not args.sync_user_cannot_read_users,
         trickle_per_minute=args.trickle_per_minute,
     )
     try:

@@ -477,6 +477,8 @@ class MetadataService:
         caller_id: str | None = None,
     ) -> Response:
         user = self._user(user_id)
+        if not rest or rest == [f"{NS}RetrievePrincipalAttributePrivileges()"]:
+            self._check_privilege(caller_id, "prvReadUser", 8, "systemuser")
         if not rest:
             record = {
                 "systemuserid": user.systemuserid,
@@ -498,7 +500,7 @@ class MetadataService:
         if rest == [f"{NS}RetrievePrincipalAttributePrivileges()"]:
             return self._attribute_privileges(user.systemuserid, base)
         if rest == ["systemuserroles_association"]:
-            self._check_read_role(caller_id)
+            self._check_privilege(caller_id, "prvReadRole", 1036, "role")
             roles = [
                 {
                     "roleid": metadata_id("role", r),
@@ -516,17 +518,20 @@ class MetadataService:
             return json_response({"@odata.context": f"{base}$metadata#roles", "value": value})
         raise bad_query(f"Resource not found for the segment '{rest[0]}'.")
 
-    def _check_read_role(self, caller_id: str | None) -> None:
-        """Reading role rows needs prvReadRole; a minimal custom sync role may lack it."""
+    def _check_privilege(
+        self, caller_id: str | None, privilege: str, otc: int, entity: str
+    ) -> None:
+        """403 0x80040220, worded as Dataverse does, when the caller lacks `privilege`."""
         caller = self.org.users.get((caller_id or "").lower())
-        if caller is None or caller.can_read_roles:
+        granted = {"prvReadRole": "can_read_roles", "prvReadUser": "can_read_users"}[privilege]
+        if caller is None or getattr(caller, granted):
             return
         raise ODataError(
             403,
             PRIVILEGE_DENIED,
             f"Principal user (Id={caller.systemuserid}, type=8, roleCount={len(caller.roles)}, "
-            "privilegeCount=0, accessMode=0), is missing prvReadRole privilege "
-            f"(Id={metadata_id('privilege', 'prvReadRole')}) on OTC=1036 for entity 'role'. "
+            f"privilegeCount=0, accessMode=0), is missing {privilege} privilege "
+            f"(Id={metadata_id('privilege', privilege)}) on OTC={otc} for entity '{entity}'. "
             f"context.Caller={caller.systemuserid}",
         )
 

@@ -28,6 +28,8 @@ class SystemUser:
     is_application_user: bool = False
     # False models a minimal custom role without prvReadRole: reading its roles is a 403.
     can_read_roles: bool = True
+    # False: no prvReadUser, so its own systemuser row and the functions bound to it are 403.
+    can_read_users: bool = True
 
     @property
     def is_admin(self) -> bool:

@@ -33,7 +33,10 @@ _FREEZE_THRESHOLD = 50_000
 
 
 def _make_users(
-    sync_user_is_admin: bool, username: str, can_read_roles: bool = True
+    sync_user_is_admin: bool,
+    username: str,
+    can_read_roles: bool = True,
+    can_read_users: bool = True,
 ) -> tuple[list[SystemUser], str, str]:
     sync_id = metadata_id("systemuser", "sync")
     app_id = metadata_id("systemuser", "application")
@@ -45,6 +48,7 @@ def _make_users(
             username,
             ("Salesperson", *extra),
             can_read_roles=can_read_roles,
+            can_read_users=can_read_users,
         ),
         SystemUser(
             app_id,
@@ -53,6 +57,7 @@ def _make_users(
             ("Basic User", "Dynsync Reader", *extra),
             is_application_user=True,
             can_read_roles=can_read_roles,
+            can_read_users=can_read_users,
         ),
         SystemUser(
             metadata_id("systemuser", "alex"),
@@ -95,6 +100,7 @@ class Simulator:
         password: str = DEFAULT_PASSWORD,
         sync_user_is_admin: bool = False,
         sync_user_can_read_roles: bool = True,
+        sync_user_can_read_users: bool = True,
         request_limit: int = 6000,
         concurrency_limit: int = 52,
         trickle_per_minute: float = 0,
@@ -108,9 +114,11 @@ class Simulator:
         self.tenant_id, self.client_id, self.client_secret = tenant_id, client_id, client_secret
         self.username, self.password = username, password
         self.trickle_per_minute = trickle_per_minute
-        # sync_user_can_read_roles=False: both sync principals (ROPC user and application
-        # user) lack prvReadRole, as with a minimal custom sync role.
-        users, sync_id, app_id = _make_users(sync_user_is_admin, username, sync_user_can_read_roles)
+        # sync_user_can_read_roles / _users=False: both sync principals (ROPC user and
+        # application user) lack prvReadRole / prvReadUser, as with a minimal custom role.
+        users, sync_id, app_id = _make_users(
+            sync_user_is_admin, username, sync_user_can_read_roles, sync_user_can_read_users
+        )
         self.org = Org(
             users,
             sync_id,
