@@ -143,9 +143,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _summary(db: Path) -> str:
-    from .store import open_store
+    from .publish import open_published
 
-    with open_store(db, read_only=True, wait_s=30) as con:
+    with open_published(db) as con:
         run = con.execute(
             "SELECT run_id, account_mode, contact_mode, accounts_read, contacts_read, "
             "activities_logged, activities_suppressed FROM sync_runs WHERE outcome = 'success' "
@@ -174,18 +174,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_lineage(args: argparse.Namespace) -> int:
     from .lineage import render_lineage, trace
-    from .store import StoreBusyError, open_store
+    from .publish import open_published
+    from .store import StoreNotReadyError
 
     table, _, column = args.column.partition(".")
     if not table or not column:
         raise CommandError(f"{args.column!r}: give TABLE.COLUMN, e.g. contacts.account_name")
-    db = duckdb_path()
-    if not db.exists():
-        raise CommandError(f"{db} does not exist yet: run `dynsync sync` first")
     try:
-        with open_store(db, read_only=True, wait_s=10) as con:
+        with open_published(duckdb_path()) as con:
             chain = trace(con, table, column)
-    except StoreBusyError as exc:
+    except StoreNotReadyError as exc:
         raise CommandError(str(exc)) from None
     if not chain:
         raise CommandError(

@@ -17,16 +17,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import duckdb
+
 from .client import ClientStats, DynamicsClient, Page
 from .errors import DynamicsError, ExpiredDeltaToken
 from .fields import ENTITY_SET, PRIMARY_KEY, FieldPlan, resolve_fields
 from .lineage import write_lineage
 from .merge import MergeContext, MergeCounts, apply_cycle
 from .pages import ArrowDecoder
+from .publish import Published, PublishError, bump_generation, writing
 from .settings import ConnectionSettings, SyncSettings
 from .stage import ANNOTATIONS, Progress, Stage
 from .state import (
     ReaderState,
+    decisions_fingerprint,
     previously_synced_fields,
     read_reader_states,
     record_sync_errors,
@@ -40,9 +44,10 @@ from .store import (
     cycle_lock,
     ensure_fixed_tables,
     existing_columns,
-    open_store,
     plan_schema_change,
     private_files,
+    stage_path,
+    table_columns,
 )
 
 log = logging.getLogger("dynsync.cycle")
@@ -74,9 +79,12 @@ class CycleResult:
     stats: ClientStats
     reader_states: dict[str, ReaderState]
     table_rows: dict[str, int] = field(default_factory=dict)
+    table_schemas: dict[str, dict[str, str]] = field(default_factory=dict)
     record_errors: int = 0
     fetch_s: float = 0.0
     write_s: float = 0.0
+    published: Published | None = None  # None: the published file already held this state
+    publish_s: float = 0.0
 
 
 class _Fetch:
@@ -104,6 +112,8 @@ def run_cycle(
     with private_files(), cycle_lock(Path(db_path), options.store_wait_s):
         try:
             return _run_cycle(conn, sync, Path(db_path), options, client, run_id, started)
+        except PublishError:
+            raise  # the cycle itself committed: its sync_runs row says so
         except Exception as exc:
             _record_failure(Path(db_path), options, run_id, started, exc)
             raise
@@ -113,19 +123,25 @@ def _record_failure(
     db_path: Path, options: CycleOptions, run_id: str, started: datetime, exc: Exception
 ) -> None:
     try:
-        with open_store(db_path, wait_s=5) as con:
+        with writing(db_path, wait_s=5, run_id=run_id) as session:
+            con = session.con
             ensure_fixed_tables(con)
+            now = datetime.now(UTC)
+            con.execute("BEGIN TRANSACTION")
             write_sync_run(
                 con,
                 {
                     "run_id": run_id,
                     "trigger": options.trigger,
                     "started_at": started,
-                    "finished_at": datetime.now(UTC),
+                    "finished_at": now,
                     "outcome": "failed",
                     "error": f"{type(exc).__name__}: {exc}"[:2000],
                 },
             )
+            # Readers should see that the last cycle failed, not only the one before it.
+            bump_generation(con, run_id, now)
+            con.execute("COMMIT")
     except Exception as record_exc:  # the original error matters more than the status row
         log.warning("could not record the failed cycle in sync_runs: %s", record_exc)
 
@@ -139,7 +155,8 @@ def _run_cycle(
     run_id: str,
     started: datetime,
 ) -> CycleResult:
-    with open_store(db_path, wait_s=options.store_wait_s) as con:
+    with writing(db_path, wait_s=options.store_wait_s, publish=False) as session:
+        con = session.con
         ensure_fixed_tables(con)
         states = read_reader_states(con)
         before = previously_synced_fields(con)
@@ -154,7 +171,7 @@ def _run_cycle(
         for warning in plan.warnings:
             log.warning(warning)
         schema = plan_schema_change(columns, plan)
-        stage = Stage(db_path.with_name(db_path.name + ".stage"), plan)
+        stage = Stage(stage_path(db_path), plan)
         modes: dict[str, str] = {}
         new_states: dict[str, ReaderState] = {}
         reconcile: dict[str, bool] = {}
@@ -193,10 +210,12 @@ def _run_cycle(
     now = datetime.now(UTC)
     committed = False
     try:
-        with open_store(db_path, wait_s=options.store_wait_s) as con:
+        with writing(db_path, wait_s=options.store_wait_s, run_id=run_id) as session:
+            con = session.con
             con.execute(f"ATTACH '{_sql_path(stage.path)}' AS stage (READ_ONLY)")
             con.execute("BEGIN TRANSACTION")
             try:
+                decisions_before = decisions_fingerprint(con)
                 # The columns may have changed since the first look (another cycle ran).
                 schema = plan_schema_change(existing_columns(con), plan)
                 apply_schema_change(con, plan, schema)
@@ -209,6 +228,10 @@ def _run_cycle(
                     write_reader_state(con, _with_cursor(con, s), run_id)
                 write_field_decisions(con, plan, run_id, now)
                 write_lineage(con, plan, now)
+                if _changed_data(counts, schema, record_errors) or (
+                    decisions_fingerprint(con) != decisions_before
+                ):
+                    bump_generation(con, run_id, now)
                 stats = client.stats
                 write_sync_run(
                     con,
@@ -244,11 +267,10 @@ def _run_cycle(
                 raise
             finally:
                 con.execute("DETACH stage")
-            table_rows = {
-                t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
-                for t in ("accounts", "contacts", "activity_log", "sync_fields")
-            }
+            table_rows, table_schemas = _table_facts(con)
             states_now = read_reader_states(con)
+        # The session closed the store (its checkpoint) and then published it for readers.
+        write_s = time.perf_counter() - t1 - session.publish_s
     finally:
         # A full read that could not be written is kept for the next cycle to reuse.
         if committed or not any(m in ("full", "resync") for m in modes.values()):
@@ -265,10 +287,42 @@ def _run_cycle(
         stats=client.stats,
         reader_states=states_now,
         table_rows=table_rows,
+        table_schemas=table_schemas,
         record_errors=record_errors,
         fetch_s=fetch_s,
-        write_s=time.perf_counter() - t1,
+        write_s=write_s,
+        published=session.published,
+        publish_s=session.publish_s,
     )
+
+
+REPORTED_TABLES = ("sync_fields", "accounts", "contacts", "activity_log", "sync_runs")
+
+
+def _table_facts(
+    con: duckdb.DuckDBPyConnection,
+) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
+    """Row counts and columns of the reported tables, read on the cycle's own connection so
+    that the run's metadata needs no second look at the store."""
+    rows = {t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in REPORTED_TABLES}
+    return rows, {t: table_columns(con, t) for t in REPORTED_TABLES}
+
+
+def _changed_data(counts: MergeCounts, schema: SchemaChange, record_errors: int) -> bool:
+    """Did the transaction change what a reader sees, beyond the cycle's own bookkeeping
+    (sync_runs, sync_state)? A cycle that did not leaves the published file as it is."""
+    moved = (
+        counts.accounts_upserted,
+        counts.accounts_deleted,
+        counts.contacts_upserted,
+        counts.contacts_deleted,
+        counts.contacts_repropagated,
+        counts.local_edits_overwritten,
+        counts.activities_logged,
+        counts.activities_suppressed,
+        record_errors,
+    )
+    return any(moved) or bool(schema.added) or bool(schema.dropped)
 
 
 def _fetch_entity(

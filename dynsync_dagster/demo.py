@@ -6,8 +6,8 @@ import os
 import shutil
 from pathlib import Path
 
+from .publish import open_published
 from .simulator import DatasetSpec, Simulator
-from .store import open_store
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIG_ACCOUNT_CONTACTS = 5001  # just over the activity-log limit: its changes sync but do not log
@@ -69,7 +69,7 @@ def _change_some_accounts(sim: Simulator) -> str:
 
 
 def _summary(db: Path) -> str:
-    with open_store(db, read_only=True) as con:
+    with open_published(db) as con:
         accounts, contacts = con.execute(
             "SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM contacts)"
         ).fetchone()

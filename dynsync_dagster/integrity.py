@@ -138,12 +138,18 @@ def no_duplicate_activity(con: duckdb.DuckDBPyConnection) -> Finding:
     )
 
 
-def last_cycle_fresh(con: duckdb.DuckDBPyConnection, now: datetime | None = None) -> Finding:
+def last_cycle_fresh(
+    con: duckdb.DuckDBPyConnection,
+    now: datetime | None = None,
+    confirmed_at: datetime | None = None,
+) -> Finding:
+    """`confirmed_at`: when a later cycle found the published file current. A cycle that
+    changed nothing does not republish (publish.py), so its sync_runs row is not in this file."""
     now = now or datetime.now(UTC)
     row = con.execute(
         "SELECT max(finished_at) FROM sync_runs WHERE outcome = 'success' AND window_start IS NULL"
     ).fetchone()
-    last = row[0] if row else None
+    last = max((t for t in (row[0] if row else None, confirmed_at) if t is not None), default=None)
     if last is None:
         return Finding(False, "no cycle has committed yet", {})
     age = now - last

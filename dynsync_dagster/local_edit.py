@@ -6,19 +6,20 @@ Nothing here talks to Dynamics: dynsync is one-way, and accounts are created in 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 
 from .merge import ACTIVITY_TYPE, SOURCE_LOCAL, activity_value_sql, literal
+from .publish import Published, bump_generation, writing
 from .store import (
     ensure_fixed_tables,
-    open_store,
     private_files,
     quote,
     table_columns,
+    working_path,
 )
 
 REASON_LOCAL = "Account field edited locally (not sent to Dynamics)"
@@ -37,6 +38,7 @@ class LocalEditResult:
     contacts_changed: int
     activities_logged: int
     edited_at: datetime
+    published: Published | None = None
 
 
 def set_account_field(
@@ -54,19 +56,23 @@ def set_account_field(
     except ValueError:
         raise LocalEditError(f"contact id {contact_id!r} is not a GUID") from None
     field = field.strip().lower()
-    if not Path(db_path).exists():
+    db_path = Path(db_path)
+    if not (db_path.exists() or working_path(db_path).exists()):
         raise LocalEditError(f"{db_path} does not exist yet: run `dynsync sync` first")
     edited_at = datetime.now(UTC)
-    with private_files(), open_store(Path(db_path), wait_s=wait_s) as con:
+    with private_files(), writing(db_path, wait_s=wait_s, run_id=run_id) as session:
+        con = session.con
         ensure_fixed_tables(con)
         con.execute("BEGIN TRANSACTION")
         try:
             result = _apply(con, contact_uuid, field, value, edited_at, run_id)
+            bump_generation(con, run_id, edited_at)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
-    return result
+    # Readers see the edit as soon as it is published, when the session ends (publish.py).
+    return replace(result, published=session.published)
 
 
 def _apply(

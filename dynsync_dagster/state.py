@@ -88,6 +88,19 @@ def write_field_decisions(
     insert_values(con, "choice_labels", labels)
 
 
+def decisions_fingerprint(con: duckdb.DuckDBPyConnection) -> tuple[list, list]:
+    """The field decisions and option labels, less their run ids and times: a cycle whose
+    decisions equal the last ones changed nothing a reader sees in sync_fields."""
+    fields = con.execute(
+        'SELECT entity, field, selected, "exists", readable, synced, reason, attribute_type, '
+        "is_secured, duckdb_type, columns FROM sync_fields ORDER BY entity, field"
+    ).fetchall()
+    labels = con.execute(
+        "SELECT entity, field, value, label FROM choice_labels ORDER BY entity, field, value"
+    ).fetchall()
+    return fields, labels
+
+
 SYNC_RUN_COLUMNS = (
     "run_id",
     "trigger",

@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 
 from dynsync_dagster.local_edit import set_account_field
+from dynsync_dagster.publish import writing
 from dynsync_dagster.simulator import Simulator
 from dynsync_dagster.store import open_store
 
@@ -49,8 +50,8 @@ def test_a_range_backfill_is_one_run_that_repairs_gaps_and_keeps_local_edits(
         assert len(days) == 3
         damaged, edited = by_day[days[0]], by_day[days[2]]
         # A gap: the store missed the latest version of one account (older data, other value).
-        with open_store(env) as con:
-            con.execute(
+        with writing(env, wait_s=5, publish=False) as session:  # the file cycles write
+            session.con.execute(
                 "UPDATE accounts SET name = 'stale', versionnumber = versionnumber - 1000000 "
                 "WHERE accountid = ?",
                 [damaged],

@@ -7,6 +7,8 @@ from decimal import Decimal
 import pytest
 
 from dynsync_dagster.fields import FieldSelectionError
+from dynsync_dagster.publish import read_record
+from dynsync_dagster.store import open_store, working_path
 
 from .conftest import Harness
 
@@ -100,7 +102,15 @@ def test_second_cycle_without_changes_changes_nothing(harness: Harness) -> None:
     assert result.modes == {"account": "delta", "contact": "delta"}
     assert result.rows_read == {"account": 0, "contact": 0}
     assert harness.snapshot() == before
-    assert harness.scalar("SELECT count(*) FROM sync_runs WHERE outcome = 'success'") == 2
+    # Nothing changed, so the published file is not copied again: its sync_runs still ends at
+    # the first cycle, the working store has both, and the publish record names the second
+    # cycle as the last one that found the published file current.
+    assert result.published is None
+    assert harness.scalar("SELECT count(*) FROM sync_runs WHERE outcome = 'success'") == 1
+    with open_store(working_path(harness.db), read_only=True) as con:
+        ran = con.execute("SELECT count(*) FROM sync_runs WHERE outcome = 'success'").fetchone()
+    assert ran == (2,)
+    assert read_record(harness.db).confirmed_run_id == result.run_id
 
 
 def test_unknown_field_fails_before_anything_is_written(harness: Harness) -> None:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from dynsync_dagster import integrity
 from dynsync_dagster.local_edit import set_account_field
+from dynsync_dagster.publish import bump_generation, writing
 from dynsync_dagster.store import open_store
 
 from .conftest import Harness
@@ -23,8 +24,10 @@ def _findings(harness: Harness, now: datetime | None = None) -> dict[str, integr
 
 
 def _tamper(harness: Harness, sql: str) -> None:
-    with open_store(harness.db) as con:
-        con.execute(sql)
+    """Damage the working store and publish it, as if a cycle had written the damage."""
+    with writing(harness.db, wait_s=5, run_id="tamper") as session:
+        session.con.execute(sql)
+        bump_generation(session.con, "tamper", datetime.now(UTC))
 
 
 def test_checks_pass_after_sync_and_local_edit(harness: Harness) -> None:

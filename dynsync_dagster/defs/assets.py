@@ -12,7 +12,6 @@ import dagster as dg
 from ..cycle import CycleOptions, CycleResult, run_cycle
 from ..fields import FieldPlan
 from ..lineage import column_sources, describe
-from ..store import open_store, table_columns
 from .partitions import daily_modifiedon
 from .resources import DynamicsResource, DynsyncStore
 
@@ -137,12 +136,8 @@ def dynamics_sync(
 
 def materializations(result: CycleResult, store: DynsyncStore):
     counts = result.counts
-    with open_store(store.path(), read_only=True, wait_s=30) as con:
-        schemas = {
-            t: table_columns(con, t)
-            for t in ("sync_fields", "accounts", "contacts", "activity_log", "sync_runs")
-        }
-        rows = {t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in schemas}
+    # Read by the cycle on its own connection: no second look at the store.
+    schemas, rows = result.table_schemas, result.table_rows
     common = {
         "dynsync/run_id": result.run_id,
         "dynsync/modes": dg.MetadataValue.json(result.modes),

@@ -7,11 +7,12 @@ instead of seconds of imports. Output lines (stdout, flushed):
 
     ZYGOTE READY            imports done, waiting for jobs
     STARTED <pid>           a child is running the job
-    <pid> READY|FETCH <entity>|WRITE|MERGED|DONE    the child's progress
+    <pid> READY|FETCH <entity>|WRITE|MERGED|PUBLISH|DONE    the child's progress
     EXIT <pid> <status>     the child ended (status as from os.waitpid)
 
 The child slows itself at chosen places (a pause before staging each page, a pause inside the
-write transaction after the merge) so that kills land in every phase of a cycle.
+write transaction after the merge, a pause half-way through copying the store for readers) so
+that kills land in every phase of a cycle.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def _mark(text: str) -> None:
     _emit(f"{os.getpid()} {text}")
 
 
-def _instrument(page_pause_s: float, write_pause_s: float) -> None:
-    """Markers and pauses around the stage's page writes and the store's merge."""
+def _instrument(page_pause_s: float, write_pause_s: float, publish_pause_s: float) -> None:
+    """Markers and pauses around the stage's page writes, the store's merge and the publish."""
     import dynsync_dagster.cycle as cycle_module
     from dynsync_dagster.stage import Stage
 
@@ -70,6 +71,22 @@ def _instrument(page_pause_s: float, write_pause_s: float) -> None:
 
     cycle_module.apply_cycle = paced_apply_cycle  # type: ignore[assignment]
 
+    import dynsync_dagster.publish as publish_module
+
+    copy_into = publish_module.copy_into
+
+    def paced_copy_into(source: Any, fd: int) -> int:
+        _mark("PUBLISH")
+        # Half the file, a pause, then the rest: a kill lands mid-copy or just before the rename.
+        half = os.path.getsize(source) // 2
+        with open(source, "rb") as src:
+            os.copy_file_range(src.fileno(), fd, half)
+        time.sleep(publish_pause_s)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return copy_into(source, fd)
+
+    publish_module.copy_into = paced_copy_into  # type: ignore[assignment]
+
 
 def _run(job: dict[str, Any]) -> int:
     from pathlib import Path
@@ -77,7 +94,11 @@ def _run(job: dict[str, Any]) -> int:
     from dynsync_dagster.cycle import CycleOptions, run_cycle
     from dynsync_dagster.settings import ConnectionSettings, SyncSettings
 
-    _instrument(job.get("page_pause_s", 0.03), job.get("write_pause_s", 0.3))
+    _instrument(
+        job.get("page_pause_s", 0.03),
+        job.get("write_pause_s", 0.3),
+        job.get("publish_pause_s", 0.2),
+    )
     conn = ConnectionSettings.from_env(job["env"])
     settings = SyncSettings(
         tuple(job["account_fields"]), tuple(job["contact_fields"]), job.get("limit", 5000)

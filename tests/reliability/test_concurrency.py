@@ -105,7 +105,7 @@ def test_schedule_backfill_and_cli_started_together(tmp_path: Path) -> None:
     assert rows and len(rows) == len(set(rows))
 
 
-def test_reader_sees_the_old_state_the_new_state_or_busy(tmp_path: Path) -> None:
+def test_reader_sees_the_old_state_or_the_new_state_and_never_waits(tmp_path: Path) -> None:
     store = tmp_path / "store.duckdb"
     settings = sync_settings(FIELDS, ("firstname",))
     seen: list[tuple[str, object]] = []
@@ -133,6 +133,7 @@ def test_reader_sees_the_old_state_the_new_state_or_busy(tmp_path: Path) -> None
         try:
             job = crash_job(sim, store, settings, page_pause_s=0.05, write_pause_s=1.0)
             outcome = zygote.run(job, marker=None)
+            time.sleep(0.3)  # and a moment after the publish
         finally:
             stop.set()
             reader.join()
@@ -141,13 +142,11 @@ def test_reader_sees_the_old_state_the_new_state_or_busy(tmp_path: Path) -> None
     assert new != old
     kinds = Counter(kind for kind, _ in seen)
     assert kinds["error"] == 0, [v for k, v in seen if k == "error"][:3]
-    assert kinds["busy"] > 0, "the reader never met the running write: the test proves nothing"
-    assert kinds["state"] > 0
-    for kind, value in seen:
-        if kind == "state":
-            assert value in (old, new), "a reader saw a state between two commits"
-        else:
-            assert "in use by another process" in str(value) and "retry" in str(value)
+    assert kinds["busy"] == 0, [v for k, v in seen if k == "busy"][:3]  # it opens the published file
+    states = [value for kind, value in seen if kind == "state"]
+    assert all(value in (old, new) for value in states), "a reader saw a state between two commits"
+    # It read all through the cycle's open write transaction, then the published result.
+    assert old in states and new in states
 
 
 def test_local_edit_during_a_cycle_waits_and_loses_nothing(tmp_path: Path) -> None:

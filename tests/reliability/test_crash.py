@@ -35,8 +35,9 @@ KILL_POINTS = (
     ("FETCH", 0.25),  # between and inside page writes to the stage
     ("WRITE", 0.25),  # the merge SQL inside the store transaction
     ("MERGED", 0.45),  # the paused open transaction, then COMMIT, checkpoint and cleanup
+    ("PUBLISH", 0.3),  # copying the store for readers, before and around the rename
 )
-ROUNDS = 26
+ROUNDS = 30
 
 
 def _dynamics_changes(sim: Simulator, rng: random.Random) -> list[str]:
@@ -87,6 +88,8 @@ def test_sigkill_at_random_points_never_loses_or_duplicates_anything(tmp_path: P
             assert outcome.killed or outcome.status == 0, f"{where}; {zygote.stderr()}"
             if outcome.killed:
                 kills.append(f"{marker}+{delay:.2f}s ({outcome.markers[-1:]})")
+                if store.exists():  # readers open the last published state, whole
+                    assert canonical(store, wait_s=0)["accounts"], where
 
             cycle(sim, store, settings)  # the next cycle after the crash
             cycle(sim, control, settings)  # the uninterrupted reference
