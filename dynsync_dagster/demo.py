@@ -92,7 +92,7 @@ def _summary(db: Path) -> str:
         "fields not synced: " + ("; ".join(r[0] for r in excluded) or "none"),
         f"DuckDB file: {db}",
         f"  query it:  uv run python -c \"import duckdb; print(duckdb.connect('{db}', read_only=True)"
-        ".sql('from activity_log limit 10'))\"",
+        ".sql('SELECT attribute, old_value, new_value, reason FROM activity_log LIMIT 10'))\"",
         "  see the runs in the Dagster UI:  DAGSTER_HOME=$PWD/dagster_home uv run dagster dev",
     ]
     return "\n".join(lines)

@@ -122,11 +122,6 @@ def confirmed_at(published: Path) -> datetime | None:
     return datetime.fromisoformat(record.confirmed_at)
 
 
-def published_generation(published: Path) -> int | None:
-    record = read_record(published)
-    return record.generation if record else None
-
-
 @dataclass
 class Writing:
     """A write session on the working store: the connection, and afterwards what was published."""
