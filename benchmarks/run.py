@@ -507,6 +507,10 @@ def task_cycle(p: dict[str, Any]) -> dict[str, Any]:
         # Copying the store for readers after the commit (publish.py); 0 when not copied.
         "publish_s": round(r.publish_s, 4),
         "published_mb": round(r.published.bytes / 1e6, 1) if r.published else 0.0,
+        # ... of which: the kernel copy, the fsync, the rename (with freeing the old file)
+        "publish_steps_s": (
+            [r.published.copy_s, r.published.sync_s, r.published.swap_s] if r.published else []
+        ),
         "requests": r.stats.requests,
         "counts": counts,
         "table_rows": r.table_rows,

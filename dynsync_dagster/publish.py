@@ -18,9 +18,11 @@ crash between the commit and the rename, or the file was removed): then any cycl
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -36,6 +38,7 @@ from .store import (
     copy_into,
     is_lock_conflict,
     open_working,
+    refresh_into,
     working_path,
     writer_lock,
 )
@@ -70,12 +73,19 @@ class Published:
     run_id: str | None
     published_at: str
     bytes: int
-    copy_s: float
+    copy_s: float  # the kernel copy of the working file
     total_s: float
     # The last cycle that found the published file current (it published, or changed nothing):
     # what the freshness check goes by, since a cycle that changed nothing does not republish.
     confirmed_at: str | None = None
     confirmed_run_id: str | None = None
+    # Where the rest of total_s went: making the copy durable, and swapping it in (the rename
+    # also frees the replaced file's blocks when no reader holds it).
+    sync_s: float = 0.0
+    swap_s: float = 0.0
+    # Whether the spare was rewritten in place (only changed blocks written) or a new file made.
+    reused_spare: bool = False
+    written_bytes: int = 0
 
 
 def record_path(published: Path) -> Path:
@@ -84,6 +94,14 @@ def record_path(published: Path) -> Path:
 
 def _temp_prefix(published: Path) -> str:
     return f".{published.name}.publish-"
+
+
+def _spare_path(published: Path) -> Path:
+    return published.with_name(f".{published.name}.spare")
+
+
+def _retiring_path(published: Path) -> Path:
+    return published.with_name(f".{published.name}.retiring")
 
 
 def bump_generation(con: duckdb.DuckDBPyConnection, run_id: str | None, now: datetime) -> int:
@@ -174,36 +192,108 @@ def publish(published: Path, generation: int, run_id: str | None) -> Published:
     if working.with_name(working.name + ".wal").exists():
         raise OSError(f"{working} still has a WAL after its connection closed")
     _remove_leftovers(published)
-    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(published), dir=published.parent)
-    tmp = Path(tmp_name)
+    target, fd, reused = _open_target(published)
     try:
         t1 = time.perf_counter()
-        size = copy_into(working, fd)
+        size, written = fill(working, fd, reused)
+        t2 = time.perf_counter()
         os.fsync(fd)  # the rename must never expose a file whose bytes are not on disk
-        copy_s = time.perf_counter() - t1
+        t3 = time.perf_counter()
         _same_access_as(published, fd)
     finally:
         os.close(fd)
-    # A WAL left beside the old file by a reader that wrote to it would not match the new
-    # file, and DuckDB would then refuse to open it ("WAL does not match database file").
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(published.with_name(published.name + ".wal"))
-    os.replace(tmp, published)
-    _fsync_dir(published.parent)
+    _swap_in(target, published)
+    t4 = time.perf_counter()
     now = datetime.now(UTC).isoformat()
     done = Published(
         generation=generation,
         run_id=run_id,
         published_at=now,
         bytes=size,
-        copy_s=round(copy_s, 4),
-        total_s=round(time.perf_counter() - t0, 4),
+        copy_s=round(t2 - t1, 4),
+        total_s=round(t4 - t0, 4),
         confirmed_at=now,
         confirmed_run_id=run_id,
+        sync_s=round(t3 - t2, 4),
+        swap_s=round(t4 - t3, 4),
+        reused_spare=reused,
+        written_bytes=written,
     )
     _write_record(published, done)
     log.info("published generation %d to %s in %.2fs", generation, published, done.total_s)
     return done
+
+
+def fill(working: Path, fd: int, reused: bool) -> tuple[int, int]:
+    """Copy the working store into the publish target: block by block over a reused spare (it
+    holds an older copy), whole into a new file. Returns (bytes in the file, bytes written)."""
+    if reused:
+        return refresh_into(working, fd)
+    size = copy_into(working, fd)
+    return size, size
+
+
+def _open_target(published: Path) -> tuple[Path, int, bool]:
+    """The file the next published state is written into: the spare (the file published
+    before the current one) when nobody has it open, else a new temporary file."""
+    spare = _spare_path(published)
+    fd = _open_unused(spare)
+    if fd is not None:
+        return spare, fd, True
+    fd, name = tempfile.mkstemp(prefix=_temp_prefix(published), dir=published.parent)
+    return Path(name), fd, False
+
+
+def _open_unused(spare: Path) -> int | None:
+    """Open the spare for rewriting, but only if no process has it open. A reader that opened
+    the published path before it was replaced still reads this inode: rewriting it would
+    change the data under that reader. Such a spare is dropped instead (its blocks are freed
+    when the reader closes it)."""
+    try:
+        fd = os.open(spare, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    # A second name (the published path itself after a crash, or a user's hard link) is a
+    # way to open it that the lease cannot foresee.
+    if os.fstat(fd).st_nlink == 1 and _nobody_else_has_open(fd):
+        return fd
+    os.close(fd)
+    spare.unlink(missing_ok=True)
+    return None
+
+
+def _nobody_else_has_open(fd: int) -> bool:
+    """Linux grants a write lease only while no other open file description refers to the
+    file, in any process, whatever its locks: exactly "is anybody reading this?". The
+    lease is released at once; nobody opens the spare by name. Where leases are not
+    available (another OS, a network file system, leases disabled) the answer is no."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)  # a lease break must not kill us
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+    except (OSError, AttributeError):
+        return False
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return True
+
+
+def _swap_in(target: Path, published: Path) -> None:
+    """Rename the new file over the published path, and keep the replaced file as the next
+    spare (a second name taken before the rename, so the rename frees nothing). At rest
+    this leaves two published copies: the current one and the spare."""
+    retiring = _retiring_path(published)
+    try:
+        os.link(published, retiring)
+        keep = True
+    except FileNotFoundError:
+        keep = False  # the first publish
+    # A WAL left beside the old file by a reader that wrote to it would not match the new
+    # file, and DuckDB would then refuse to open it ("WAL does not match database file").
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(published.with_name(published.name + ".wal"))
+    os.replace(target, published)
+    if keep:
+        os.replace(retiring, _spare_path(published))
+    _fsync_dir(published.parent)
 
 
 def _same_access_as(published: Path, fd: int) -> None:
@@ -220,9 +310,11 @@ def _same_access_as(published: Path, fd: int) -> None:
 
 
 def _remove_leftovers(published: Path) -> None:
-    """Copies a killed publish left behind. Only the holder of the writer lock publishes, so
-    no other publish can be running now."""
-    for leftover in published.parent.glob(_temp_prefix(published) + "*"):
+    """Files a killed publish left behind. Only the holder of the writer lock publishes, so
+    no other publish can be running now. (A half-rewritten spare is no leftover: the next
+    rewrite compares every block.)"""
+    leftovers = [*published.parent.glob(_temp_prefix(published) + "*"), _retiring_path(published)]
+    for leftover in leftovers:
         with contextlib.suppress(FileNotFoundError):
             leftover.unlink()
 

@@ -73,19 +73,19 @@ def _instrument(page_pause_s: float, write_pause_s: float, publish_pause_s: floa
 
     import dynsync_dagster.publish as publish_module
 
-    copy_into = publish_module.copy_into
+    fill = publish_module.fill
 
-    def paced_copy_into(source: Any, fd: int) -> int:
+    def paced_fill(working: Any, fd: int, reused: bool) -> tuple[int, int]:
         _mark("PUBLISH")
-        # Half the file, a pause, then the rest: a kill lands mid-copy or just before the rename.
-        half = os.path.getsize(source) // 2
-        with open(source, "rb") as src:
-            os.copy_file_range(src.fileno(), fd, half)
+        # Half the file, a pause, then the rest: a kill lands mid-copy (over the spare or
+        # into a new file) or just before the rename.
+        half = os.path.getsize(working) // 2
+        with open(working, "rb") as src:
+            os.copy_file_range(src.fileno(), fd, half, offset_dst=0)
         time.sleep(publish_pause_s)
-        os.lseek(fd, 0, os.SEEK_SET)
-        return copy_into(source, fd)
+        return fill(working, fd, reused)
 
-    publish_module.copy_into = paced_copy_into  # type: ignore[assignment]
+    publish_module.fill = paced_fill  # type: ignore[assignment]
 
 
 def _run(job: dict[str, Any]) -> int:

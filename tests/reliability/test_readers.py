@@ -8,6 +8,9 @@ whole committed states (publish.py).
 
 from __future__ import annotations
 
+import contextlib
+import filecmp
+import hashlib
 import json
 import os
 import subprocess
@@ -64,11 +67,15 @@ def _rename_some(sim: Simulator, tag: str) -> None:
 def cli_env(tiny: Simulator, tmp_path: Path, store: Path) -> dict[str, str]:
     config = tmp_path / "dynsync.yaml"
     config.write_text(f"account_fields: {list(FIELDS)}\ncontact_fields: [firstname]\n")
-    return clean_env(tmp_path) | tiny.env() | {
-        "DYNSYNC_DUCKDB_PATH": str(store),
-        "DYNSYNC_CONFIG": str(config),
-        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
-    }
+    return (
+        clean_env(tmp_path)
+        | tiny.env()
+        | {
+            "DYNSYNC_DUCKDB_PATH": str(store),
+            "DYNSYNC_CONFIG": str(config),
+            "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        }
+    )
 
 
 @pytest.mark.parametrize("mode", ["read_only", "read_write"])
@@ -153,9 +160,9 @@ def test_readers_reconnecting_during_cycles_see_only_whole_states(
         assert summary["samples"] > 20
     seen = set().union(*(s["signatures"] for s in summaries))
     assert len(seen) >= 3, f"the readers met too few cycles to prove anything: {summaries}"
-    # Disk stays bounded: the working store and one published copy, no leftovers.
+    # Disk stays bounded: the working store, the published copy and its spare, no leftovers.
     big = sorted(p.name for p in store.parent.iterdir() if p.stat().st_size > 100_000)
-    assert big == [store.name, working_path(store).name], big
+    assert big == [f".{store.name}.spare", store.name, working_path(store).name], big
 
 
 def test_a_kill_while_publishing_leaves_the_old_state_and_the_next_cycle_publishes(
@@ -179,6 +186,74 @@ def test_a_kill_while_publishing_leaves_the_old_state_and_the_next_cycle_publish
     assert canonical(store) == canonical(control)
     assert not list(store.parent.glob(f".{store.name}.publish-*"))
     assert read_record(store).generation == _generation(working_path(store))
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _held_file(pid: int, inode: int) -> Path:
+    """The file a reader process holds, by inode, through /proc (it may have no name left)."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            if fd.stat().st_ino == inode:
+                return fd
+    raise AssertionError(f"process {pid} no longer holds inode {inode}")
+
+
+def test_a_replaced_file_is_rewritten_only_when_nobody_has_it_open(
+    tiny: Simulator, store: Path
+) -> None:
+    """Publishing rewrites the spare (the file published before the current one) block by
+    block, but never while a reader still has it open: that reader's bytes must not move."""
+    settings = sync_settings(FIELDS, ("firstname",))
+    cycle(tiny, store, settings)
+    _rename_some(tiny, "Second")
+    cycle(tiny, store, settings)
+    holder = _reader("hold", str(store), "read_only")
+    try:
+        assert holder.stdout is not None and json.loads(holder.stdout.readline())["ready"]
+        held, inode, digest = _ask(holder), store.stat().st_ino, _sha(store)
+        reused = []
+        for tag in ("Third", "Fourth", "Fifth"):
+            _rename_some(tiny, tag)
+            cycle(tiny, store, settings)
+            assert filecmp.cmp(store, working_path(store), shallow=False)  # byte for byte
+            record = read_record(store)
+            reused.append(record.reused_spare)
+            if record.reused_spare:
+                assert 0 < record.written_bytes < record.bytes, record
+        # Third rewrites the free spare; Fourth finds the spare held and makes a new file;
+        # Fifth rewrites the file Third published, free again.
+        assert reused == [True, False, True]
+        assert _sha(_held_file(holder.pid, inode)) == digest
+        assert _ask(holder) == held
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_kill_while_rewriting_the_spare_leaves_the_old_state(
+    tiny: Simulator, store: Path, control: Path, tmp_path: Path
+) -> None:
+    settings = sync_settings(FIELDS, ("firstname",))
+    for tag in ("First", "Second"):
+        _rename_some(tiny, tag)
+        cycle(tiny, store, settings)
+        cycle(tiny, control, settings)
+    before = canonical(store)
+    _rename_some(tiny, "Killed")
+    with Zygote(tmp_path) as zygote:
+        outcome = zygote.run(crash_job(tiny, store, settings), "PUBLISH", 0.05)
+    assert outcome.killed, outcome.markers
+    assert canonical(store, wait_s=0) == before
+    assert not list(store.parent.glob(f".{store.name}.publish-*")), "no spare was rewritten"
+
+    result = cycle(tiny, store, settings)
+    assert result.published is not None and result.published.reused_spare
+    cycle(tiny, control, settings)
+    assert canonical(store) == canonical(control)
+    assert filecmp.cmp(store, working_path(store), shallow=False)
 
 
 def test_a_writer_that_has_to_wait_is_told_who_holds_the_store(
