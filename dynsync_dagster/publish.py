@@ -4,8 +4,9 @@ DuckDB locks a database file for its whole life in a process: one read-write hol
 default `duckdb.connect(path)`) shuts everyone else out, and a read-only holder shuts out every
 writer. So the file at DYNSYNC_DUCKDB_PATH (the *published* file, what the README tells
 analysts to open) is never the file a cycle writes. Cycles and local edits write the *working*
-store beside it (`<published>.work`), and after their commit copy it to a temporary name and
-rename the copy over the published path. A reader that holds the old file keeps its inode
+store beside it (`<published>.work`), and after their commit copy it to another file and
+rename that over the published path. The other file is the *spare* (the file published
+before the current one) rewritten block by block when nobody has it open, else a new file. A reader that holds the old file keeps its inode
 (and its view) until it reconnects; a new connection gets the new file; nobody waits for
 anybody. The measured costs are in README.md ("Query the data") and benchmarks/RESULTS.md.
 
