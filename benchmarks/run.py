@@ -445,7 +445,7 @@ def _odata_pages(
 ) -> Iterator[list[dict[str, Any]]]:
     """Pages of one entity set: the same $select and Prefer as dynsync's first read."""
     session, token, ca = http
-    from dynsync_dagster.stage import ANNOTATIONS  # the ceiling asks for what dynsync asks for
+    from dynsync_dagster.sync.stage import ANNOTATIONS  # the ceiling asks for what dynsync asks for
 
     prefer = f'odata.maxpagesize={PAGE_SIZE}, odata.include-annotations="{ANNOTATIONS}"'
     if track:
@@ -485,8 +485,8 @@ def task_ceiling(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def task_cycle(p: dict[str, Any]) -> dict[str, Any]:
-    from dynsync_dagster.cycle import CycleOptions, run_cycle
     from dynsync_dagster.settings import ConnectionSettings, SyncSettings
+    from dynsync_dagster.sync.cycle import CycleOptions, run_cycle
 
     conn = ConnectionSettings.from_env(os.environ)
     sync = dataclasses.replace(
@@ -521,7 +521,7 @@ def task_cycle(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def task_local_edit(p: dict[str, Any]) -> dict[str, Any]:
-    from dynsync_dagster.local_edit import set_account_field
+    from dynsync_dagster.sync.local_edit import set_account_field
 
     t0 = time.perf_counter()
     r = set_account_field(Path(p["db"]), p["contact_id"], p["field"], p["value"])
@@ -537,8 +537,8 @@ def task_dagster(p: dict[str, Any]) -> dict[str, Any]:
     import dagster as dg
 
     from dynsync_dagster.definitions import defs
-    from dynsync_dagster.publish import read_record
-    from dynsync_dagster.store import open_store, working_path
+    from dynsync_dagster.store.database import open_store, working_path
+    from dynsync_dagster.store.publish import read_record
 
     job = defs().resolve_job_def("dynamics_sync_job")
     load_s = time.perf_counter() - t0
@@ -621,8 +621,8 @@ WARM_MODULES = (
     "msal",
     "requests",
     "dagster",
-    "dynsync_dagster.cycle",
-    "dynsync_dagster.local_edit",
+    "dynsync_dagster.sync.cycle",
+    "dynsync_dagster.sync.local_edit",
     "dynsync_dagster.definitions",
     "dlt",
 )
@@ -706,8 +706,8 @@ def _same(a: Any, b: Any) -> bool:
 
 def read_plan(env: dict[str, str]) -> dict[str, Any]:
     """dynsync's $select per entity and whether it reads with change tracking (not measured)."""
-    from dynsync_dagster.client import DynamicsClient
-    from dynsync_dagster.fields import ENTITY_SET, PRIMARY_KEY, resolve_fields
+    from dynsync_dagster.dynamics.client import DynamicsClient
+    from dynsync_dagster.dynamics.fields import ENTITY_SET, PRIMARY_KEY, resolve_fields
     from dynsync_dagster.settings import ConnectionSettings, SyncSettings
 
     sync = SyncSettings.load(CONFIG)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from dynsync_dagster.local_edit import set_account_field
 from dynsync_dagster.simulator.schema import INDUSTRY_OPTIONS
+from dynsync_dagster.sync.local_edit import set_account_field
 
 from .conftest import Harness
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from dynsync_dagster.local_edit import set_account_field
-from dynsync_dagster.publish import writing
 from dynsync_dagster.simulator import Simulator
-from dynsync_dagster.store import open_store
+from dynsync_dagster.store.database import open_store
+from dynsync_dagster.store.publish import writing
+from dynsync_dagster.sync.local_edit import set_account_field
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _run(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "dynsync_dagster.cli", *args],
+        [sys.executable, "-m", "dynsync_dagster.commands.cli", *args],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import pytest
 
-from dynsync_dagster.fields import FieldSelectionError
-from dynsync_dagster.publish import read_record
-from dynsync_dagster.store import open_store, working_path
+from dynsync_dagster.dynamics.fields import FieldSelectionError
+from dynsync_dagster.store.database import open_store, working_path
+from dynsync_dagster.store.publish import read_record
 
 from .conftest import Harness
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from dynsync_dagster import integrity
-from dynsync_dagster.local_edit import set_account_field
-from dynsync_dagster.publish import bump_generation, writing
-from dynsync_dagster.store import open_store
+from dynsync_dagster.store import integrity
+from dynsync_dagster.store.database import open_store
+from dynsync_dagster.store.publish import bump_generation, writing
+from dynsync_dagster.sync.local_edit import set_account_field
 
 from .conftest import Harness
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from dynsync_dagster.client import DynamicsClient
-from dynsync_dagster.cycle import CycleOptions, run_cycle
-from dynsync_dagster.errors import DynamicsError
-from dynsync_dagster.fields import resolve_fields
+from dynsync_dagster.dynamics.client import DynamicsClient
+from dynsync_dagster.dynamics.errors import DynamicsError
+from dynsync_dagster.dynamics.fields import resolve_fields
 from dynsync_dagster.settings import ConnectionSettings
 from dynsync_dagster.simulator import Simulator
+from dynsync_dagster.sync.cycle import CycleOptions, run_cycle
 
 from .conftest import ACCOUNT_FIELDS, CONTACT_FIELDS, SMALL, settings
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dynsync_dagster.local_edit import LocalEditError, set_account_field
+from dynsync_dagster.sync.local_edit import LocalEditError, set_account_field
 
 from .conftest import Harness
 

@@ -7,10 +7,10 @@ from decimal import Decimal
 
 import pytest
 
-from dynsync_dagster.client import DynamicsClient, RetryPolicy
-from dynsync_dagster.cycle import CycleOptions, run_cycle
-from dynsync_dagster.errors import TransientError
+from dynsync_dagster.dynamics.client import DynamicsClient, RetryPolicy
+from dynsync_dagster.dynamics.errors import TransientError
 from dynsync_dagster.simulator import DatasetSpec, Simulator
+from dynsync_dagster.sync.cycle import CycleOptions, run_cycle
 
 from .conftest import Harness, settings
 

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from ..cycle import CycleOptions, CycleResult, run_cycle
-from ..fields import FieldPlan
-from ..lineage import column_sources, describe
-from .partitions import daily_modifiedon
-from .resources import DynamicsResource, DynsyncStore
+from dynsync_dagster.defs.partitions import daily_modifiedon
+from dynsync_dagster.defs.resources import DynamicsResource, DynsyncStore
+from dynsync_dagster.dynamics.fields import FieldPlan
+from dynsync_dagster.store.lineage import column_sources, describe
+from dynsync_dagster.sync.cycle import CycleOptions, CycleResult, run_cycle
 
 OWNERS = ["team:data-engineering"]
 GROUP = "dynsync"

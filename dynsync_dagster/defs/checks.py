@@ -11,10 +11,10 @@ from datetime import datetime
 import dagster as dg
 import duckdb
 
-from .. import integrity
-from ..publish import confirmed_at, open_published
-from ..store import StoreNotReadyError
-from .resources import DynsyncStore
+from dynsync_dagster.defs.resources import DynsyncStore
+from dynsync_dagster.store import integrity
+from dynsync_dagster.store.database import StoreNotReadyError
+from dynsync_dagster.store.publish import confirmed_at, open_published
 
 Check = Callable[[duckdb.DuckDBPyConnection], integrity.Finding]
 

@@ -2,8 +2,8 @@
 
 import dagster as dg
 
-from ..local_edit import LocalEditError, set_account_field
-from .resources import DynsyncStore
+from dynsync_dagster.defs.resources import DynsyncStore
+from dynsync_dagster.sync.local_edit import LocalEditError, set_account_field
 
 
 class LocalEditConfig(dg.Config):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from ..settings import (
+from dynsync_dagster.settings import (
     DEFAULT_AUTHORITY_HOST,
     ConnectionSettings,
     SyncSettings,

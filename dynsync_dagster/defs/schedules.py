@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from .assets import dynamics_sync
+from dynsync_dagster.defs.assets import dynamics_sync
 
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,

@@ -7,9 +7,9 @@ import json
 import pyarrow as pa
 import pytest
 
-from dynsync_dagster.client import DynamicsClient
-from dynsync_dagster.errors import TransientError
-from dynsync_dagster.pages import ArrowDecoder, ArrowRows, MalformedBody
+from dynsync_dagster.dynamics.client import DynamicsClient
+from dynsync_dagster.dynamics.errors import TransientError
+from dynsync_dagster.dynamics.pages import ArrowDecoder, ArrowRows, MalformedBody
 from dynsync_dagster.settings import ConnectionSettings
 
 LOOKUP = "_parentcustomerid_value@Microsoft.Dynamics.CRM.lookuplogicalname"

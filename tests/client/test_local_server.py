@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from dynsync_dagster.auth import build_session
-from dynsync_dagster.client import DynamicsClient, RetryPolicy
-from dynsync_dagster.errors import (
+from dynsync_dagster.dynamics.auth import build_session
+from dynsync_dagster.dynamics.client import DynamicsClient, RetryPolicy
+from dynsync_dagster.dynamics.errors import (
     DynamicsError,
     ExpiredDeltaToken,
     PagingLoopError,

@@ -10,14 +10,19 @@ from urllib.parse import urlsplit
 import pytest
 import trustme
 
-from dynsync_dagster.client import (
+from dynsync_dagster.dynamics.client import (
     ClientStats,
     DynamicsClient,
     RetryPolicy,
     deleted_id,
     is_deleted_row,
 )
-from dynsync_dagster.errors import AuthError, DynamicsError, ExpiredDeltaToken, TransientError
+from dynsync_dagster.dynamics.errors import (
+    AuthError,
+    DynamicsError,
+    ExpiredDeltaToken,
+    TransientError,
+)
 from dynsync_dagster.settings import ConnectionSettings
 from dynsync_dagster.simulator import DatasetSpec, Simulator
 

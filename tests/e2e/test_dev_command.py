@@ -32,7 +32,7 @@ def test_dynsync_dev_serves_the_ui_and_stops_cleanly(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "dynsync_dagster.cli",
+                "dynsync_dagster.commands.cli",
                 "dev",
                 "--dir",
                 str(tmp_path / "dev"),

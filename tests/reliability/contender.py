@@ -21,7 +21,7 @@ from pathlib import Path
 def _dagster_run(mode: str) -> tuple[bool, str]:
     import dagster as dg
 
-    from dynsync_dagster.cli import JOB_NAME, _failure_message
+    from dynsync_dagster.commands.runs import JOB_NAME, _failure_message
     from dynsync_dagster.definitions import defs
 
     job = defs().resolve_job_def(JOB_NAME)
@@ -54,7 +54,7 @@ def _dagster_run(mode: str) -> tuple[bool, str]:
 
 
 def _cli_run() -> tuple[bool, str]:
-    from dynsync_dagster import cli
+    from dynsync_dagster.commands import cli
 
     _wait_for_go()
     err = io.StringIO()

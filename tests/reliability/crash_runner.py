@@ -33,7 +33,7 @@ def _preload() -> None:
     import pyarrow  # noqa: F401
     import requests  # noqa: F401
 
-    import dynsync_dagster.cycle  # noqa: F401
+    import dynsync_dagster.sync.cycle  # noqa: F401
 
 
 def _emit(line: str) -> None:
@@ -48,8 +48,8 @@ def _mark(text: str) -> None:
 
 def _instrument(page_pause_s: float, write_pause_s: float, publish_pause_s: float) -> None:
     """Markers and pauses around the stage's page writes, the store's merge and the publish."""
-    import dynsync_dagster.cycle as cycle_module
-    from dynsync_dagster.stage import Stage
+    import dynsync_dagster.sync.cycle as cycle_module
+    from dynsync_dagster.sync.stage import Stage
 
     add_page = Stage.add_page
 
@@ -71,7 +71,7 @@ def _instrument(page_pause_s: float, write_pause_s: float, publish_pause_s: floa
 
     cycle_module.apply_cycle = paced_apply_cycle  # type: ignore[assignment]
 
-    import dynsync_dagster.publish as publish_module
+    import dynsync_dagster.store.publish as publish_module
 
     fill = publish_module.fill
 
@@ -91,8 +91,8 @@ def _instrument(page_pause_s: float, write_pause_s: float, publish_pause_s: floa
 def _run(job: dict[str, Any]) -> int:
     from pathlib import Path
 
-    from dynsync_dagster.cycle import CycleOptions, run_cycle
     from dynsync_dagster.settings import ConnectionSettings, SyncSettings
+    from dynsync_dagster.sync.cycle import CycleOptions, run_cycle
 
     _instrument(
         job.get("page_pause_s", 0.03),

@@ -27,14 +27,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dynsync_dagster.cycle import CycleOptions, run_cycle
-from dynsync_dagster.errors import DynamicsError
-from dynsync_dagster.local_edit import LocalEditError, set_account_field
+from dynsync_dagster.dynamics.errors import DynamicsError
 from dynsync_dagster.settings import ConnectionSettings, SyncSettings
 from dynsync_dagster.simulator import DatasetSpec, Simulator
 from dynsync_dagster.simulator import org as org_module
 from dynsync_dagster.simulator.schema import INDUSTRY_OPTIONS
-from dynsync_dagster.store import open_store
+from dynsync_dagster.store.database import open_store
+from dynsync_dagster.sync.cycle import CycleOptions, run_cycle
+from dynsync_dagster.sync.local_edit import LocalEditError, set_account_field
 
 from .model import ACCOUNT_KINDS, CONTACT_KINDS, LocalEditRefused, Model, Snapshot
 from .support import Sleeps, fast_client

@@ -17,11 +17,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from dynsync_dagster.client import DynamicsClient, RetryPolicy
-from dynsync_dagster.cycle import CycleOptions, CycleResult, run_cycle
+from dynsync_dagster.dynamics.client import DynamicsClient, RetryPolicy
 from dynsync_dagster.settings import ConnectionSettings, SyncSettings
 from dynsync_dagster.simulator import DatasetSpec, Simulator
-from dynsync_dagster.store import open_store
+from dynsync_dagster.store.database import open_store
+from dynsync_dagster.sync.cycle import CycleOptions, CycleResult, run_cycle
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -182,7 +182,7 @@ def run_cli(
     args: list[str], env: dict[str, str], cwd: Path, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "dynsync_dagster.cli", *args],
+        [sys.executable, "-m", "dynsync_dagster.commands.cli", *args],
         cwd=cwd,
         env=env,
         capture_output=True,

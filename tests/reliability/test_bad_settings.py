@@ -1,4 +1,4 @@
-"""Bad settings through the real command (`python -m dynsync_dagster.cli sync`).
+"""Bad settings through the real command (`python -m dynsync_dagster.commands.cli sync`).
 
 Each must end with exit code non-zero, one line on stderr that names the problem and the fix
 (no traceback), and nothing written: no store where there was none, and an existing store's
@@ -205,7 +205,7 @@ def runtime_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
                 env[key] = f"https://127.0.0.1:{port}" if value == "closed" else value
             procs[name] = (
                 subprocess.Popen(
-                    [sys.executable, "-m", "dynsync_dagster.cli", "sync"],
+                    [sys.executable, "-m", "dynsync_dagster.commands.cli", "sync"],
                     cwd=work,
                     env=env,
                     stdin=subprocess.DEVNULL,

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from dynsync_dagster.local_edit import set_account_field
 from dynsync_dagster.simulator import Simulator
-from dynsync_dagster.store import StoreBusyError, cycle_lock, open_store
+from dynsync_dagster.store.database import StoreBusyError, cycle_lock, open_store
+from dynsync_dagster.sync.local_edit import set_account_field
 
 from .support import (
     REPO,
@@ -142,7 +142,9 @@ def test_reader_sees_the_old_state_or_the_new_state_and_never_waits(tmp_path: Pa
     assert new != old
     kinds = Counter(kind for kind, _ in seen)
     assert kinds["error"] == 0, [v for k, v in seen if k == "error"][:3]
-    assert kinds["busy"] == 0, [v for k, v in seen if k == "busy"][:3]  # it opens the published file
+    assert kinds["busy"] == 0, [v for k, v in seen if k == "busy"][
+        :3
+    ]  # it opens the published file
     states = [value for kind, value in seen if kind == "state"]
     assert all(value in (old, new) for value in states), "a reader saw a state between two commits"
     # It read all through the cycle's open write transaction, then the published result.

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 import urllib3
 
-from dynsync_dagster.auth import DynamicsSession, TokenProvider, build_session
-from dynsync_dagster.client import DynamicsClient, RetryPolicy
-from dynsync_dagster.cycle import run_cycle
-from dynsync_dagster.errors import (
+from dynsync_dagster.dynamics.auth import DynamicsSession, TokenProvider, build_session
+from dynsync_dagster.dynamics.client import DynamicsClient, RetryPolicy
+from dynsync_dagster.dynamics.errors import (
     AuthError,
     DynamicsError,
     PagingLoopError,
@@ -28,7 +27,8 @@ from dynsync_dagster.errors import (
 from dynsync_dagster.settings import ConnectionSettings
 from dynsync_dagster.simulator import Simulator
 from dynsync_dagster.simulator.schema import INDUSTRY_OPTIONS
-from dynsync_dagster.store import open_store
+from dynsync_dagster.store.database import open_store
+from dynsync_dagster.sync.cycle import run_cycle
 
 from .support import (
     Sleeps,

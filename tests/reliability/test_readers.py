@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from dynsync_dagster.publish import open_published, read_record
 from dynsync_dagster.simulator import Simulator
-from dynsync_dagster.store import StoreBusyError, open_store, working_path
+from dynsync_dagster.store.database import StoreBusyError, open_store, working_path
+from dynsync_dagster.store.publish import open_published, read_record
 
 from .support import (
     REPO,
@@ -108,7 +108,7 @@ def test_a_reader_holding_the_file_never_stops_cycles_or_edits(
         for key, value in cli_env.items():
             monkeypatch.setenv(key, value)
         _rename_some(tiny, "Dagster")
-        from dynsync_dagster.cli import run_sync_job
+        from dynsync_dagster.commands.runs import run_sync_job
         from dynsync_dagster.definitions import defs
 
         sync_run = run_sync_job("test")
@@ -263,7 +263,7 @@ def test_a_writer_that_has_to_wait_is_told_who_holds_the_store(
     holder = _reader("hold", str(working_path(store)), "read_write")  # a stray open, say
     try:
         assert holder.stdout is not None and json.loads(holder.stdout.readline())["ready"]
-        from dynsync_dagster.local_edit import set_account_field
+        from dynsync_dagster.sync.local_edit import set_account_field
 
         contact = tiny.org.contacts_of(pick_sized(tiny, 7))[0]
         with pytest.raises(StoreBusyError) as err:

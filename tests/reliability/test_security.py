@@ -21,12 +21,12 @@ import psutil
 import pytest
 import trustme
 
-from dynsync_dagster.cycle import run_cycle
-from dynsync_dagster.errors import AuthError, DynamicsError
-from dynsync_dagster.fields import FieldSelectionError
-from dynsync_dagster.local_edit import LocalEditError, set_account_field
+from dynsync_dagster.dynamics.errors import AuthError, DynamicsError
+from dynsync_dagster.dynamics.fields import FieldSelectionError
 from dynsync_dagster.settings import ConnectionSettings, SettingsError, SyncSettings
 from dynsync_dagster.simulator import Simulator
+from dynsync_dagster.sync.cycle import run_cycle
+from dynsync_dagster.sync.local_edit import LocalEditError, set_account_field
 
 from .support import (
     REPO,

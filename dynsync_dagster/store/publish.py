@@ -33,7 +33,7 @@ from pathlib import Path
 
 import duckdb
 
-from .store import (
+from dynsync_dagster.store.database import (
     StoreNotReadyError,
     configure,
     copy_into,

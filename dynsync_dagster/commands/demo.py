@@ -6,16 +6,15 @@ import os
 import shutil
 from pathlib import Path
 
-from .publish import open_published
-from .simulator import DatasetSpec, Simulator
+from dynsync_dagster.commands.runs import REPO_ROOT, run_sync_job
+from dynsync_dagster.simulator import DatasetSpec, Simulator
+from dynsync_dagster.store.publish import open_published
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 BIG_ACCOUNT_CONTACTS = 5001  # just over the activity-log limit: its changes sync but do not log
 
 
 def run_demo(work: Path, *, accounts: int = 300, contacts: int = 9000) -> str:
     """Start the simulator, sync everything, change a few accounts, sync again; return a summary."""
-    from .cli import run_sync_job  # the CLI owns running the Dagster job in process
 
     work = work.resolve()
     db = work / "dynsync.duckdb"

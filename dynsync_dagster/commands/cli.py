@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
-from .settings import ConnectionSettings, SettingsError, SyncSettings, duckdb_path
+from dynsync_dagster.commands.runs import CommandError, run_sync_job
+from dynsync_dagster.settings import ConnectionSettings, SettingsError, SyncSettings, duckdb_path
 
 log = logging.getLogger("dynsync")
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-JOB_NAME = "dynamics_sync_job"
-
-
-class CommandError(RuntimeError):
-    """A failure to report in one line, without a traceback."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,41 +91,6 @@ def _parser() -> argparse.ArgumentParser:
 # -- sync ------------------------------------------------------------------------------------
 
 
-def run_sync_job(trigger: str = "cli"):
-    """Run the sync job in this process, on the Dagster instance at DAGSTER_HOME if set."""
-    import dagster as dg
-
-    from .definitions import defs
-
-    job = defs().resolve_job_def(JOB_NAME)
-    home = os.environ.get("DAGSTER_HOME")
-    instance = dg.DagsterInstance.get() if home else dg.DagsterInstance.ephemeral()
-    with instance:
-        result = job.execute_in_process(
-            instance=instance,
-            partition_key=datetime.now(UTC).strftime("%Y-%m-%d"),
-            tags={"dynsync/trigger": trigger},
-            # The failure is reported below in one line; Dagster's own event log (with the
-            # stack trace) stays in the run's history, not on the terminal.
-            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
-            raise_on_error=False,
-        )
-    if not result.success:
-        raise CommandError(_failure_message(result))
-    return result
-
-
-def _failure_message(result) -> str:
-    for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data is not None:
-            error = event.step_failure_data.error
-            while error is not None and error.cause is not None:
-                error = error.cause
-            if error is not None:
-                return error.message.strip().splitlines()[0]
-    return "the sync run failed (see the Dagster run log)"
-
-
 def cmd_sync(args: argparse.Namespace) -> int:
     ConnectionSettings.from_env()  # fail fast, in one line, on a missing or bad variable
     SyncSettings.load()
@@ -143,7 +100,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _summary(db: Path) -> str:
-    from .publish import open_published
+    from dynsync_dagster.store.publish import open_published
 
     with open_published(db) as con:
         run = con.execute(
@@ -165,7 +122,7 @@ def _summary(db: Path) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .validate import render, validate
+    from dynsync_dagster.commands.validate import render, validate
 
     checks = validate()
     print(render(checks))
@@ -173,9 +130,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from .lineage import render_lineage, trace
-    from .publish import open_published
-    from .store import StoreNotReadyError
+    from dynsync_dagster.store.database import StoreNotReadyError
+    from dynsync_dagster.store.lineage import render_lineage, trace
+    from dynsync_dagster.store.publish import open_published
 
     table, _, column = args.column.partition(".")
     if not table or not column:
@@ -197,8 +154,8 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def cmd_set_account_field(args: argparse.Namespace) -> int:
-    from .local_edit import LocalEditError, set_account_field
-    from .store import StoreBusyError
+    from dynsync_dagster.store.database import StoreBusyError
+    from dynsync_dagster.sync.local_edit import LocalEditError, set_account_field
 
     value = None if args.value == "NULL" else args.value
     try:
@@ -217,20 +174,20 @@ def cmd_set_account_field(args: argparse.Namespace) -> int:
 
 
 def cmd_simulator(args: argparse.Namespace) -> int:
-    from .simulator.__main__ import main as simulator_main
+    from dynsync_dagster.simulator.__main__ import main as simulator_main
 
     return simulator_main(list(args.simulator_args))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from dynsync_dagster.commands.demo import run_demo
 
     print(run_demo(Path(args.dir), accounts=args.accounts, contacts=args.contacts))
     return 0
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from .dev import run_dev
+    from dynsync_dagster.commands.dev import run_dev
 
     return run_dev(args)
 

@@ -11,8 +11,8 @@ from datetime import datetime
 
 import duckdb
 
-from .fields import FieldPlan, FieldSpec
-from .store import SchemaChange, quote, rewrite_rows
+from dynsync_dagster.dynamics.fields import FieldPlan, FieldSpec
+from dynsync_dagster.store.database import SchemaChange, literal, quote, rewrite_rows
 
 ACTIVITY_TYPE = "Change Data Value"
 SOURCE_SYNC = "Dynamics sync"
@@ -26,10 +26,6 @@ REASON_LEFT = "Contact no longer has an account in Dynamics"
 # A deleted contact brought back (Dataverse restore, or seen again after a full read missed
 # it): the account values it kept may be out of date.
 REASON_RESTORED = "Contact restored in Dynamics"
-
-
-def literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def activity_value_sql(value: str, duck_type: str, label: str | None = None) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import duckdb
 
-from .fields import FieldPlan, FieldSpec
+from dynsync_dagster.dynamics.fields import FieldPlan, FieldSpec
 
 # Columns dynsync maintains itself; every other column of accounts/contacts is a synced field.
 ACCOUNT_BASE = {
@@ -245,6 +245,11 @@ def writer_lock(published: Path, wait_s: float) -> contextlib.AbstractContextMan
         f"the store {published} is being written ({{holder}}); this waited {wait_s:.0f}s. "
         "A cycle's commit or a local edit takes seconds: retry, or stop that process if it hangs.",
     )
+
+
+def literal(text: str) -> str:
+    """A constant SQL string, for names the store itself chose (bound values everywhere else)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def quote(identifier: str) -> str:

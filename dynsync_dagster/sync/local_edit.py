@@ -12,15 +12,16 @@ from pathlib import Path
 
 import duckdb
 
-from .merge import ACTIVITY_TYPE, SOURCE_LOCAL, activity_value_sql, literal
-from .publish import Published, bump_generation, writing
-from .store import (
+from dynsync_dagster.store.database import (
     ensure_fixed_tables,
+    literal,
     private_files,
     quote,
     table_columns,
     working_path,
 )
+from dynsync_dagster.store.publish import Published, bump_generation, writing
+from dynsync_dagster.sync.rules import ACTIVITY_TYPE, SOURCE_LOCAL, activity_value_sql
 
 REASON_LOCAL = "Account field edited locally (not sent to Dynamics)"
 

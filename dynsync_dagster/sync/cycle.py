@@ -19,26 +19,12 @@ from pathlib import Path
 
 import duckdb
 
-from .client import ClientStats, DynamicsClient, Page
-from .errors import DynamicsError, ExpiredDeltaToken
-from .fields import ENTITY_SET, PRIMARY_KEY, FieldPlan, resolve_fields
-from .lineage import write_lineage
-from .merge import MergeContext, MergeCounts, apply_cycle
-from .pages import ArrowDecoder
-from .publish import Published, PublishError, bump_generation, writing
-from .settings import ConnectionSettings, SyncSettings
-from .stage import ANNOTATIONS, Progress, Stage
-from .state import (
-    ReaderState,
-    decisions_fingerprint,
-    previously_synced_fields,
-    read_reader_states,
-    record_sync_errors,
-    write_field_decisions,
-    write_reader_state,
-    write_sync_run,
-)
-from .store import (
+from dynsync_dagster.dynamics.client import ClientStats, DynamicsClient, Page
+from dynsync_dagster.dynamics.errors import DynamicsError, ExpiredDeltaToken
+from dynsync_dagster.dynamics.fields import ENTITY_SET, PRIMARY_KEY, FieldPlan, resolve_fields
+from dynsync_dagster.dynamics.pages import ArrowDecoder
+from dynsync_dagster.settings import ConnectionSettings, SyncSettings
+from dynsync_dagster.store.database import (
     SchemaChange,
     apply_schema_change,
     cycle_lock,
@@ -49,6 +35,20 @@ from .store import (
     stage_path,
     table_columns,
 )
+from dynsync_dagster.store.lineage import write_lineage
+from dynsync_dagster.store.publish import Published, PublishError, bump_generation, writing
+from dynsync_dagster.store.state import (
+    ReaderState,
+    decisions_fingerprint,
+    previously_synced_fields,
+    read_reader_states,
+    record_sync_errors,
+    write_field_decisions,
+    write_reader_state,
+    write_sync_run,
+)
+from dynsync_dagster.sync.rules import MergeContext, MergeCounts, apply_cycle
+from dynsync_dagster.sync.stage import ANNOTATIONS, Progress, Stage
 
 log = logging.getLogger("dynsync.cycle")
 

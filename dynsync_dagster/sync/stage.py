@@ -21,10 +21,10 @@ import pandas  # noqa: F401
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .client import Page
-from .fields import PRIMARY_KEY, FieldPlan, FieldSpec
-from .pages import ArrowDecoder
-from .store import configure, insert_values, owner_only
+from dynsync_dagster.dynamics.client import Page
+from dynsync_dagster.dynamics.fields import PRIMARY_KEY, FieldPlan, FieldSpec
+from dynsync_dagster.dynamics.pages import ArrowDecoder
+from dynsync_dagster.store.database import configure, insert_values, owner_only
 
 LOOKUP_TABLE = "@Microsoft.Dynamics.CRM.lookuplogicalname"
 # The only annotation a cycle asks for: which table a lookup points to. Choice labels come

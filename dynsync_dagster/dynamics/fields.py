@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from .errors import DynamicsError
+from dynsync_dagster.dynamics.errors import DynamicsError
 
 T = TypeVar("T")
 

@@ -17,9 +17,8 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from .cli import CommandError
+from dynsync_dagster.commands.runs import REPO_ROOT, CommandError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"  # loopback only: the dev UI has no authentication
 SIMULATOR_START_TIMEOUT_S = 600.0  # generating a large org takes a while
 UI_START_TIMEOUT_S = 180.0

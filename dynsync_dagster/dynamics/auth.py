@@ -12,7 +12,7 @@ import requests
 from msal.exceptions import MsalServiceError
 from requests.utils import get_environ_proxies
 
-from dynsync_dagster.errors import AuthError, DynamicsError, TransientError
+from dynsync_dagster.dynamics.errors import AuthError, DynamicsError, TransientError
 from dynsync_dagster.settings import ConnectionSettings
 
 log = logging.getLogger("dynsync.client")

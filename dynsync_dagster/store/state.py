@@ -7,8 +7,8 @@ from datetime import datetime
 
 import duckdb
 
-from .fields import ENTITIES, FieldPlan
-from .store import insert_values
+from dynsync_dagster.dynamics.fields import ENTITIES, FieldPlan
+from dynsync_dagster.store.database import insert_values
 
 
 @dataclass(frozen=True)

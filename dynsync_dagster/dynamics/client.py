@@ -17,15 +17,15 @@ import pyarrow as pa
 import requests
 import urllib3
 
-from dynsync_dagster.auth import TokenProvider, build_session
-from dynsync_dagster.errors import (
+from dynsync_dagster.dynamics.auth import TokenProvider, build_session
+from dynsync_dagster.dynamics.errors import (
     DynamicsError,
     ExpiredDeltaToken,
     PagingLoopError,
     ThrottledError,
     TransientError,
 )
-from dynsync_dagster.pages import ArrowDecoder, ArrowRows, MalformedBody, decode_json
+from dynsync_dagster.dynamics.pages import ArrowDecoder, ArrowRows, MalformedBody, decode_json
 from dynsync_dagster.settings import ConnectionSettings
 
 log = logging.getLogger("dynsync.client")

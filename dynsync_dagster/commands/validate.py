@@ -5,10 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from .client import DynamicsClient
-from .errors import AuthError, DynamicsError
-from .fields import ENTITIES, ENTITY_SET, PRIMARY_KEY, FieldSelectionError, resolve_fields
-from .settings import ConnectionSettings, SettingsError, SyncSettings
+from dynsync_dagster.dynamics.client import DynamicsClient
+from dynsync_dagster.dynamics.errors import AuthError, DynamicsError
+from dynsync_dagster.dynamics.fields import (
+    ENTITIES,
+    ENTITY_SET,
+    PRIMARY_KEY,
+    FieldSelectionError,
+    resolve_fields,
+)
+from dynsync_dagster.settings import ConnectionSettings, SettingsError, SyncSettings
 
 
 @dataclass(frozen=True)
