@@ -97,16 +97,6 @@ class RetryPolicy:
     max_backoff_s: float = 60
 
 
-def is_deleted_row(row: dict[str, Any]) -> bool:
-    """True for a delta feed's `$deletedEntity` row (only `@odata.context`, `id`, `reason`)."""
-    return row.get("reason") == "deleted" and "id" in row
-
-
-def deleted_id(row: dict[str, Any]) -> str:
-    """The primary key of a deleted row (deleted rows carry it as `id`, not as `<entity>id`)."""
-    return str(row["id"])
-
-
 @dataclass
 class _Response:
     body: Any  # what the decoder made of it: a dict, or ArrowRows

@@ -24,6 +24,11 @@ import pyarrow.json as pa_json
 DELETION_FIELDS = (("@odata.context", pa.string()), ("id", pa.string()), ("reason", pa.string()))
 
 
+def is_deleted_row(row: dict[str, Any]) -> bool:
+    """True for a delta page's removed record (its key is `id`, not `<entity>id`)."""
+    return row.get("reason") == "deleted" and "id" in row and "@odata.context" in row
+
+
 class MalformedBody(ValueError):
     """The body is not a JSON document (truncated or garbled in transit)."""
 

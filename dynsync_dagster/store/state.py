@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -136,17 +137,20 @@ def write_sync_run(con: duckdb.DuckDBPyConnection, values: dict) -> None:
     )
 
 
-def record_sync_errors(con: duckdb.DuckDBPyConnection, run_id: str, now: datetime) -> int:
-    """Records the stage set aside (values their column cannot hold) become `sync_errors` rows."""
+def record_sync_errors(
+    con: duckdb.DuckDBPyConnection, rejects: Mapping[str, str], run_id: str, now: datetime
+) -> int:
+    """Records the stage set aside (values their column cannot hold) become `sync_errors` rows.
+    `rejects`: entity -> the table that holds them (id, problems)."""
     before = con.execute("SELECT count(*) FROM sync_errors").fetchone()[0]
-    for entity in ENTITIES:
+    for entity, table in rejects.items():
         con.execute(
             f"""
             INSERT INTO sync_errors (run_id, entity, record_id, code, message, occurred_at)
             SELECT ?, ?, id, 'value_not_convertible',
                    'skipped: a value does not fit its column type: ' || array_to_string(problems, '; '),
                    ?
-            FROM stage.err_{entity}
+            FROM {table}
             """,
             [run_id, entity, now],
         )

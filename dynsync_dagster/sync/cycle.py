@@ -21,7 +21,13 @@ import duckdb
 
 from dynsync_dagster.dynamics.client import ClientStats, DynamicsClient, Page
 from dynsync_dagster.dynamics.errors import DynamicsError, ExpiredDeltaToken
-from dynsync_dagster.dynamics.fields import ENTITY_SET, PRIMARY_KEY, FieldPlan, resolve_fields
+from dynsync_dagster.dynamics.fields import (
+    ENTITIES,
+    ENTITY_SET,
+    PRIMARY_KEY,
+    FieldPlan,
+    resolve_fields,
+)
 from dynsync_dagster.dynamics.pages import ArrowDecoder
 from dynsync_dagster.settings import ConnectionSettings, SyncSettings
 from dynsync_dagster.store.database import (
@@ -48,7 +54,15 @@ from dynsync_dagster.store.state import (
     write_sync_run,
 )
 from dynsync_dagster.sync.rules import MergeContext, MergeCounts, apply_cycle
-from dynsync_dagster.sync.stage import ANNOTATIONS, Progress, Stage
+from dynsync_dagster.sync.stage import (
+    ANNOTATIONS,
+    STAGE,
+    Progress,
+    Stage,
+    attached,
+    rejects_table,
+    typed_view,
+)
 
 log = logging.getLogger("dynsync.cycle")
 
@@ -212,7 +226,7 @@ def _run_cycle(
     try:
         with writing(db_path, wait_s=options.store_wait_s, run_id=run_id) as session:
             con = session.con
-            con.execute(f"ATTACH '{_sql_path(stage.path)}' AS stage (READ_ONLY)")
+            con.execute(f"ATTACH '{_sql_path(stage.path)}' AS {STAGE} (READ_ONLY)")
             con.execute("BEGIN TRANSACTION")
             try:
                 decisions_before = decisions_fingerprint(con)
@@ -223,7 +237,8 @@ def _run_cycle(
                     plan, schema, reconcile, run_id, now, sync.activity_log_contact_limit
                 )
                 counts = apply_cycle(con, ctx)
-                record_errors = record_sync_errors(con, run_id, now)
+                rejects = {e: attached(rejects_table(e)) for e in ENTITIES}
+                record_errors = record_sync_errors(con, rejects, run_id, now)
                 for s in new_states.values():
                     write_reader_state(con, _with_cursor(con, s), run_id)
                 write_field_decisions(con, plan, run_id, now)
@@ -266,7 +281,7 @@ def _run_cycle(
                 con.execute("ROLLBACK")
                 raise
             finally:
-                con.execute("DETACH stage")
+                con.execute(f"DETACH {STAGE}")
             table_rows, table_schemas = _table_facts(con)
             states_now = read_reader_states(con)
         # The session closed the store (its checkpoint) and then published it for readers.
@@ -526,7 +541,9 @@ def _with_cursor(con, state: ReaderState) -> ReaderState:
     """A cursor reader advances to the newest modifiedon it committed, never backwards."""
     if state.mode != "cursor":
         return state
-    row = con.execute(f"SELECT max(modifiedon) FROM stage.s_{state.entity}").fetchone()
+    row = con.execute(
+        f"SELECT max(modifiedon) FROM {attached(typed_view(state.entity))}"
+    ).fetchone()
     newest = row[0] if row else None
     cursor = max((c for c in (state.cursor_modifiedon, newest) if c is not None), default=None)
     return ReaderState(state.entity, state.mode, None, state.select_list, cursor, state.updated_at)

@@ -13,6 +13,7 @@ import duckdb
 
 from dynsync_dagster.dynamics.fields import FieldPlan, FieldSpec
 from dynsync_dagster.store.database import SchemaChange, literal, quote, rewrite_rows
+from dynsync_dagster.sync.stage import attached, rows_table, typed_view
 
 ACTIVITY_TYPE = "Change Data Value"
 SOURCE_SYNC = "Dynamics sync"
@@ -159,10 +160,10 @@ def _apply_accounts(
     # Rule 5: only a higher versionnumber is an update; a re-read of the same version is not,
     # and an older version (a backfill re-reading history) never overwrites newer data.
     con.execute(
-        """
+        f"""
         CREATE OR REPLACE TEMP TABLE acc_upd AS
         SELECT s.*, a.accountid IS NULL AS is_new
-        FROM stage.s_account s LEFT JOIN accounts a USING (accountid)
+        FROM {attached(typed_view("account"))} s LEFT JOIN accounts a USING (accountid)
         WHERE NOT s._deleted
           AND (a.accountid IS NULL OR s.versionnumber > a.versionnumber
                OR (a.is_deleted AND s.versionnumber >= a.versionnumber))
@@ -210,10 +211,10 @@ def _apply_accounts(
     if added:
         fill = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in added)
         con.execute(
-            f"UPDATE accounts a SET {fill} FROM stage.s_account s "
+            f"UPDATE accounts a SET {fill} FROM {attached(typed_view('account'))} s "
             "WHERE a.accountid = s.accountid AND NOT s._deleted AND s.versionnumber = a.versionnumber"
         )
-    counts.accounts_deleted = _mark_deleted(con, "accounts", "accountid", "s_account", ctx)
+    counts.accounts_deleted = _mark_deleted(con, "accounts", "accountid", ctx)
     # Rule 5: a Dynamics update made at or after a local edit overwrites it (modifiedon has
     # second precision, so an update in the same second as the edit wins).
     before = _scalar(con, "SELECT count(*) FROM local_edits")
@@ -226,15 +227,14 @@ def _apply_accounts(
     counts.local_edits_overwritten = before - _scalar(con, "SELECT count(*) FROM local_edits")
 
 
-def _mark_deleted(
-    con: duckdb.DuckDBPyConnection, table: str, key: str, stage_table: str, ctx: MergeContext
-) -> int:
+def _mark_deleted(con: duckdb.DuckDBPyConnection, table: str, key: str, ctx: MergeContext) -> int:
     entity = "account" if table == "accounts" else "contact"
     before = _scalar(con, f"SELECT count(*) FROM {table} WHERE is_deleted")
     con.execute(
         f"""
         UPDATE {table} SET is_deleted = true, deleted_at = $now, last_run_id = $run
-        WHERE NOT is_deleted AND {key} IN (SELECT {key} FROM stage.{stage_table} WHERE _deleted)
+        WHERE NOT is_deleted
+          AND {key} IN (SELECT {key} FROM {attached(typed_view(entity))} WHERE _deleted)
         """,
         {"now": ctx.now, "run": ctx.run_id},
     )
@@ -246,7 +246,7 @@ def _mark_deleted(
             f"""
             UPDATE {table} t SET is_deleted = true, deleted_at = $now, last_run_id = $run
             WHERE NOT t.is_deleted
-              AND NOT EXISTS (SELECT 1 FROM stage.stage_{entity} s
+              AND NOT EXISTS (SELECT 1 FROM {attached(rows_table(entity))} s
                               WHERE NOT s._deleted AND s._key = t.{key})
             """,
             {"now": ctx.now, "run": ctx.run_id},
@@ -282,7 +282,7 @@ def _insert_first_contacts(
     con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: MergeCounts
 ) -> None:
     """The first load of contacts: straight from the stage, without an upsert set."""
-    live = "(SELECT * FROM stage.s_contact WHERE NOT _deleted)"
+    live = f"(SELECT * FROM {attached(typed_view('contact'))} WHERE NOT _deleted)"
     _insert_new_contacts(con, ctx, live, "")
     counts.contacts_inserted = counts.contacts_upserted = _scalar(
         con, "SELECT count(*) FROM contacts"
@@ -294,11 +294,11 @@ def _apply_contacts(
 ) -> None:
     own = contact_columns(ctx.plan)
     con.execute(
-        """
+        f"""
         CREATE OR REPLACE TEMP TABLE con_upd AS
         SELECT s.*, c.contactid IS NULL AS is_new, c.accountid AS old_accountid,
                coalesce(c.is_deleted, false) AS was_deleted
-        FROM stage.s_contact s LEFT JOIN contacts c USING (contactid)
+        FROM {attached(typed_view("contact"))} s LEFT JOIN contacts c USING (contactid)
         WHERE NOT s._deleted
           AND (c.contactid IS NULL OR s.versionnumber > c.versionnumber
                OR (c.is_deleted AND s.versionnumber >= c.versionnumber))
@@ -333,10 +333,10 @@ def _apply_contacts(
     if added and refill:
         fill = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in added)
         con.execute(
-            f"UPDATE contacts c SET {fill} FROM stage.s_contact s "
+            f"UPDATE contacts c SET {fill} FROM {attached(typed_view('contact'))} s "
             "WHERE c.contactid = s.contactid AND NOT s._deleted AND s.versionnumber = c.versionnumber"
         )
-    counts.contacts_deleted = _mark_deleted(con, "contacts", "contactid", "s_contact", ctx)
+    counts.contacts_deleted = _mark_deleted(con, "contacts", "contactid", ctx)
 
 
 def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: MergeCounts) -> None:

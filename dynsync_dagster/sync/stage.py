@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from dynsync_dagster.dynamics.client import Page
 from dynsync_dagster.dynamics.fields import PRIMARY_KEY, FieldPlan, FieldSpec
-from dynsync_dagster.dynamics.pages import ArrowDecoder
+from dynsync_dagster.dynamics.pages import ArrowDecoder, is_deleted_row
 from dynsync_dagster.store.database import configure, insert_values, owner_only
 
 LOOKUP_TABLE = "@Microsoft.Dynamics.CRM.lookuplogicalname"
@@ -45,6 +45,31 @@ _ARROW = {
 
 
 CHECKPOINT_PAGES = 10  # pages per stage commit during a full read
+
+
+# The stage's tables, named here only. A cycle attaches the stage file to the store as STAGE.
+STAGE = "stage"
+CHOICE_LABELS = "choice_options"  # entity, attribute, code, label of every synced choice
+
+
+def rows_table(entity: str) -> str:
+    """Every staged row of an entity, as the pages brought it."""
+    return f"stage_{entity}"
+
+
+def typed_view(entity: str) -> str:
+    """The latest row per record, in the store's types, without the rejected rows."""
+    return f"s_{entity}"
+
+
+def rejects_table(entity: str) -> str:
+    """Rows set aside for a value the store cannot hold, with their problems."""
+    return f"err_{entity}"
+
+
+def attached(table: str) -> str:
+    """A stage table as the store's connection sees it once the stage is attached."""
+    return f"{STAGE}.{table}"
 
 
 class PageFormatError(ValueError):
@@ -84,10 +109,6 @@ def stage_columns(entity: str, fields: Sequence[FieldSpec]) -> list[StageColumn]
         StageColumn("versionnumber", "versionnumber", pa.int64()),
     ]
     return cols
-
-
-def is_deleted_row(row: dict) -> bool:
-    return row.get("reason") == "deleted" and "id" in row and "@odata.context" in row
 
 
 @dataclass(frozen=True)
@@ -167,8 +188,8 @@ class Stage:
                 con.close()
                 return False
             for entity in ("account", "contact"):
-                con.execute(f"DROP VIEW IF EXISTS s_{entity}")
-                con.execute(f"DROP TABLE IF EXISTS err_{entity}")
+                con.execute(f"DROP VIEW IF EXISTS {typed_view(entity)}")
+                con.execute(f"DROP TABLE IF EXISTS {rejects_table(entity)}")
             self._seq = int(
                 con.execute(
                     "SELECT coalesce(max(m), 0) + 1 FROM (SELECT max(_seq) m FROM stage_account "
@@ -195,7 +216,7 @@ class Stage:
             types = self._types[entity]
             ddl = ", ".join(f'"{c.name}" {types.get(c.name, _duck_of(c.arrow))}' for c in cols)
             self._con.execute(
-                f"CREATE TABLE stage_{entity} ({ddl}, _key UUID, _problems VARCHAR[], "
+                f"CREATE TABLE {rows_table(entity)} ({ddl}, _key UUID, _problems VARCHAR[], "
                 "_deleted BOOLEAN, _seq BIGINT)"
             )
 
@@ -276,7 +297,7 @@ class Stage:
         """Re-count what a resumed stage already holds."""
         assert self._con is not None
         live, gone = self._con.execute(
-            f"SELECT count(*) FILTER (NOT _deleted), count(*) FILTER (_deleted) FROM stage_{entity}"
+            f"SELECT count(*) FILTER (NOT _deleted), count(*) FILTER (_deleted) FROM {rows_table(entity)}"
         ).fetchone()
         self.rows[entity], self.deleted[entity] = int(live), int(gone)
 
@@ -352,11 +373,13 @@ class Stage:
         self._seq += n
         page = pa.table(arrays)  # noqa: F841 - read by DuckDB's replacement scan below
         con = self._write()
-        con.execute(f"INSERT INTO stage_{entity} BY NAME SELECT {self._typing[entity]} FROM page")
+        con.execute(
+            f"INSERT INTO {rows_table(entity)} BY NAME SELECT {self._typing[entity]} FROM page"
+        )
         if gone:
             ids = pa.table({"id": pa.array(gone, pa.string())})  # noqa: F841
             self._con.execute(
-                f"INSERT INTO stage_{entity} (id, _key, _deleted, _seq) "
+                f"INSERT INTO {rows_table(entity)} (id, _key, _deleted, _seq) "
                 f"SELECT id, TRY_CAST(id AS UUID), true, {self._seq} + row_number() OVER () "
                 "FROM ids"
             )
@@ -368,7 +391,7 @@ class Stage:
         """Forget what was staged for an entity (a read that must start again)."""
         assert self._con is not None
         self._pending_progress.pop(entity, None)
-        self._con.execute(f"DELETE FROM stage_{entity}")
+        self._con.execute(f"DELETE FROM {rows_table(entity)}")
         self._con.execute("DELETE FROM progress WHERE entity = ?", [entity])
         self.rows[entity] = 0
         self.deleted[entity] = 0
@@ -392,7 +415,7 @@ class Stage:
         self.commit()
         assert self._con is not None
         self._con.execute(
-            "CREATE OR REPLACE TABLE choice_options "
+            f"CREATE OR REPLACE TABLE {CHOICE_LABELS} "
             "(entity VARCHAR, field VARCHAR, value INTEGER, label VARCHAR)"
         )
         options = [
@@ -401,12 +424,12 @@ class Stage:
             for f in self.plan.synced(e)
             for v, label in f.options
         ]
-        insert_values(self._con, "choice_options", options)
+        insert_values(self._con, CHOICE_LABELS, options)
         for entity in ("account", "contact"):
             key = PRIMARY_KEY[entity]
             self._con.execute(
-                f"CREATE TABLE err_{entity} AS SELECT id, _problems AS problems "
-                f"FROM stage_{entity} WHERE NOT _deleted AND _problems IS NOT NULL"
+                f"CREATE TABLE {rejects_table(entity)} AS SELECT id, _problems AS problems "
+                f"FROM {rows_table(entity)} WHERE NOT _deleted AND _problems IS NOT NULL"
             )
             typed = [f'_key AS "{key}"']
             if entity == "contact":
@@ -420,7 +443,7 @@ class Stage:
                 typed += [f'"{c}"' for c, _t in f.columns() if c != f.label_column]
                 if f.label_column:
                     typed.append(
-                        f"(SELECT o.label FROM choice_options o WHERE o.entity = '{entity}' "
+                        f"(SELECT o.label FROM {CHOICE_LABELS} o WHERE o.entity = '{entity}' "
                         f"AND o.field = '{f.name}' AND o.value = \"{f.name}\") "
                         f'AS "{f.label_column}"'
                     )
@@ -428,18 +451,19 @@ class Stage:
             # The last sighting of an id wins. Duplicates are rare (a resumed or re-polled
             # read), so the de-duplication runs only when there are any.
             unique = self._con.execute(
-                f"SELECT count(*) = count(DISTINCT id) FROM stage_{entity}"
+                f"SELECT count(*) = count(DISTINCT id) FROM {rows_table(entity)}"
             ).fetchone()[0]
             latest = (
                 ""
                 if unique
-                else (f"AND _seq IN (SELECT max(_seq) FROM stage_{entity} GROUP BY id)")
+                else (f"AND _seq IN (SELECT max(_seq) FROM {rows_table(entity)} GROUP BY id)")
             )
             # A view, not a copy: the store's merge reads it once, and copying a million
             # typed rows here first would cost as much as that read.
             self._con.execute(
-                f"CREATE VIEW s_{entity} AS SELECT {', '.join(typed)} FROM stage_{entity} "
-                f"WHERE id NOT IN (SELECT id FROM err_{entity}) {latest}"
+                f"CREATE VIEW {typed_view(entity)} AS SELECT {', '.join(typed)} "
+                f"FROM {rows_table(entity)} "
+                f"WHERE id NOT IN (SELECT id FROM {rejects_table(entity)}) {latest}"
             )
         self.close()
 

@@ -14,8 +14,6 @@ from dynsync_dagster.dynamics.client import (
     ClientStats,
     DynamicsClient,
     RetryPolicy,
-    deleted_id,
-    is_deleted_row,
 )
 from dynsync_dagster.dynamics.errors import (
     AuthError,
@@ -23,6 +21,7 @@ from dynsync_dagster.dynamics.errors import (
     ExpiredDeltaToken,
     TransientError,
 )
+from dynsync_dagster.dynamics.pages import is_deleted_row
 from dynsync_dagster.settings import ConnectionSettings
 from dynsync_dagster.simulator import DatasetSpec, Simulator
 
@@ -153,7 +152,7 @@ def test_delta_link_returns_changes_and_deletions(sim: Simulator) -> None:
         assert delta[-1].delta_link and delta[-1].delta_link != first[-1].delta_link
         assert all(p.is_delta for p in delta)
         upserts = {r["accountid"]: r for r in rows if not is_deleted_row(r)}
-        deleted = [deleted_id(r) for r in rows if is_deleted_row(r)]
+        deleted = [r["id"] for r in rows if is_deleted_row(r)]
         assert upserts[ids[0]]["name"] == "Renamed Ltd"
         assert created in upserts
         assert ids[1] in deleted
