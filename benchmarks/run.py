@@ -537,7 +537,7 @@ def task_dagster(p: dict[str, Any]) -> dict[str, Any]:
     import dagster as dg
 
     from dynsync_dagster.definitions import defs
-    from dynsync_dagster.store.database import open_store, working_path
+    from dynsync_dagster.store.connection import open_store, working_path
     from dynsync_dagster.store.publish import read_record
 
     job = defs().resolve_job_def("dynamics_sync_job")

@@ -9,7 +9,7 @@ import pytest
 
 from dynsync_dagster.settings import ConnectionSettings, SyncSettings
 from dynsync_dagster.simulator import DatasetSpec, Simulator
-from dynsync_dagster.store.database import open_store
+from dynsync_dagster.store.connection import open_store
 from dynsync_dagster.sync.cycle import CycleOptions, CycleResult, run_cycle
 
 ACCOUNT_FIELDS = (

@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from dynsync_dagster.simulator import Simulator
-from dynsync_dagster.store.database import open_store
+from dynsync_dagster.store.connection import open_store
 from dynsync_dagster.store.publish import writing
 from dynsync_dagster.sync.local_edit import set_account_field
 

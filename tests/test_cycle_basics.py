@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from dynsync_dagster.dynamics.fields import FieldSelectionError
-from dynsync_dagster.store.database import open_store, working_path
+from dynsync_dagster.store.connection import open_store, working_path
 from dynsync_dagster.store.publish import read_record
 
 from .conftest import Harness

@@ -55,7 +55,7 @@ def test_job_materializes_every_table_with_metadata(sync_env: Path, definitions)
 
 
 def test_local_edit_job_does_what_the_cli_does(sync_env: Path, definitions, sim) -> None:
-    from dynsync_dagster.store.database import open_store
+    from dynsync_dagster.store.connection import open_store
 
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     org = sim.org
@@ -131,7 +131,7 @@ def test_a_partial_selection_runs_a_whole_cycle_and_reports_only_the_selection(
             for m in result.asset_materializations_for_node("dynamics_sync")
         }
         assert keys == {"activity_log"}
-    from dynsync_dagster.store.database import open_store
+    from dynsync_dagster.store.connection import open_store
 
     with open_store(sync_env, read_only=True) as con:  # the whole cycle still committed
         assert con.execute("SELECT count(*) FROM contacts").fetchone()[0] > 0

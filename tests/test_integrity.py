@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from dynsync_dagster.store import integrity
-from dynsync_dagster.store.database import open_store
+from dynsync_dagster.store.connection import open_store
 from dynsync_dagster.store.publish import bump_generation, writing
 from dynsync_dagster.sync.local_edit import set_account_field
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dynsync_dagster.simulator import Simulator
-from dynsync_dagster.store.database import open_store
+from dynsync_dagster.store.connection import open_store
 from dynsync_dagster.store.integrity import propagation_consistent
 from dynsync_dagster.sync import rules as merge
 from dynsync_dagster.sync.local_edit import set_account_field

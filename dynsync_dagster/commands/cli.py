@@ -130,7 +130,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from dynsync_dagster.store.database import StoreNotReadyError
+    from dynsync_dagster.store.connection import StoreNotReadyError
     from dynsync_dagster.store.lineage import render_lineage, trace
     from dynsync_dagster.store.publish import open_published
 
@@ -154,7 +154,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def cmd_set_account_field(args: argparse.Namespace) -> int:
-    from dynsync_dagster.store.database import StoreBusyError
+    from dynsync_dagster.store.connection import StoreBusyError
     from dynsync_dagster.sync.local_edit import LocalEditError, set_account_field
 
     value = None if args.value == "NULL" else args.value

@@ -13,7 +13,7 @@ import duckdb
 
 from dynsync_dagster.defs.resources import DynsyncStore
 from dynsync_dagster.store import integrity
-from dynsync_dagster.store.database import StoreNotReadyError
+from dynsync_dagster.store.connection import StoreNotReadyError
 from dynsync_dagster.store.publish import confirmed_at, open_published
 
 Check = Callable[[duckdb.DuckDBPyConnection], integrity.Finding]

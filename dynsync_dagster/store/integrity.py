@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import duckdb
 
-from dynsync_dagster.store.database import BASE_COLUMNS, literal, quote, table_columns
+from dynsync_dagster.store.schema import BASE_COLUMNS, literal, quote, table_columns
 
 FRESHNESS = timedelta(minutes=15)
 

@@ -8,7 +8,7 @@ from datetime import datetime
 import duckdb
 
 from dynsync_dagster.dynamics.fields import SYSTEM_FIELDS, FieldPlan
-from dynsync_dagster.store.database import BASE_COLUMNS, insert_values
+from dynsync_dagster.store.schema import BASE_COLUMNS, insert_values
 
 _BASE_DESCRIPTIONS = {
     "accountid": "Primary key of the Dynamics account",

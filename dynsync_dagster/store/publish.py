@@ -33,16 +33,15 @@ from pathlib import Path
 
 import duckdb
 
-from dynsync_dagster.store.database import (
+from dynsync_dagster.store.connection import (
     StoreNotReadyError,
     configure,
-    copy_into,
     is_lock_conflict,
     open_working,
-    refresh_into,
     working_path,
     writer_lock,
 )
+from dynsync_dagster.store.files import copy_into, refresh_into
 
 log = logging.getLogger("dynsync.publish")
 

@@ -9,7 +9,7 @@ from datetime import datetime
 import duckdb
 
 from dynsync_dagster.dynamics.fields import ENTITIES, FieldPlan
-from dynsync_dagster.store.database import insert_values
+from dynsync_dagster.store.schema import insert_values
 
 
 @dataclass(frozen=True)

@@ -30,19 +30,17 @@ from dynsync_dagster.dynamics.fields import (
 )
 from dynsync_dagster.dynamics.pages import ArrowDecoder
 from dynsync_dagster.settings import ConnectionSettings, SyncSettings
-from dynsync_dagster.store.database import (
+from dynsync_dagster.store.connection import cycle_lock, private_files, stage_path
+from dynsync_dagster.store.lineage import write_lineage
+from dynsync_dagster.store.publish import Published, PublishError, bump_generation, writing
+from dynsync_dagster.store.schema import (
     SchemaChange,
     apply_schema_change,
-    cycle_lock,
     ensure_fixed_tables,
     existing_columns,
     plan_schema_change,
-    private_files,
-    stage_path,
     table_columns,
 )
-from dynsync_dagster.store.lineage import write_lineage
-from dynsync_dagster.store.publish import Published, PublishError, bump_generation, writing
 from dynsync_dagster.store.state import (
     ReaderState,
     decisions_fingerprint,

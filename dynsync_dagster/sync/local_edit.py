@@ -12,15 +12,9 @@ from pathlib import Path
 
 import duckdb
 
-from dynsync_dagster.store.database import (
-    ensure_fixed_tables,
-    literal,
-    private_files,
-    quote,
-    table_columns,
-    working_path,
-)
+from dynsync_dagster.store.connection import private_files, working_path
 from dynsync_dagster.store.publish import Published, bump_generation, writing
+from dynsync_dagster.store.schema import ensure_fixed_tables, literal, quote, table_columns
 from dynsync_dagster.sync.rules import ACTIVITY_TYPE, SOURCE_LOCAL, activity_value_sql
 
 REASON_LOCAL = "Account field edited locally (not sent to Dynamics)"

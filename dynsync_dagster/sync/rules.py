@@ -12,7 +12,7 @@ from datetime import datetime
 import duckdb
 
 from dynsync_dagster.dynamics.fields import FieldPlan, FieldSpec
-from dynsync_dagster.store.database import SchemaChange, literal, quote, rewrite_rows
+from dynsync_dagster.store.schema import SchemaChange, literal, quote, rewrite_rows
 from dynsync_dagster.sync.stage import attached, rows_table, typed_view
 
 ACTIVITY_TYPE = "Change Data Value"

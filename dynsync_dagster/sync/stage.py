@@ -24,7 +24,8 @@ import pyarrow.compute as pc
 from dynsync_dagster.dynamics.client import Page
 from dynsync_dagster.dynamics.fields import PRIMARY_KEY, FieldPlan, FieldSpec
 from dynsync_dagster.dynamics.pages import ArrowDecoder, is_deleted_row
-from dynsync_dagster.store.database import configure, insert_values, owner_only
+from dynsync_dagster.store.connection import configure, owner_only
+from dynsync_dagster.store.schema import insert_values
 
 LOOKUP_TABLE = "@Microsoft.Dynamics.CRM.lookuplogicalname"
 # The only annotation a cycle asks for: which table a lookup points to. Choice labels come

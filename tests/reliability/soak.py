@@ -32,7 +32,7 @@ from dynsync_dagster.settings import ConnectionSettings, SyncSettings
 from dynsync_dagster.simulator import DatasetSpec, Simulator
 from dynsync_dagster.simulator import org as org_module
 from dynsync_dagster.simulator.schema import INDUSTRY_OPTIONS
-from dynsync_dagster.store.database import open_store
+from dynsync_dagster.store.connection import open_store
 from dynsync_dagster.sync.cycle import CycleOptions, run_cycle
 from dynsync_dagster.sync.local_edit import LocalEditError, set_account_field
 

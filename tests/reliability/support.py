@@ -20,7 +20,7 @@ from typing import Any
 from dynsync_dagster.dynamics.client import DynamicsClient, RetryPolicy
 from dynsync_dagster.settings import ConnectionSettings, SyncSettings
 from dynsync_dagster.simulator import DatasetSpec, Simulator
-from dynsync_dagster.store.database import open_store
+from dynsync_dagster.store.connection import open_store
 from dynsync_dagster.sync.cycle import CycleOptions, CycleResult, run_cycle
 
 REPO = Path(__file__).resolve().parents[2]

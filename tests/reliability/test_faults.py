@@ -27,7 +27,7 @@ from dynsync_dagster.dynamics.errors import (
 from dynsync_dagster.settings import ConnectionSettings
 from dynsync_dagster.simulator import Simulator
 from dynsync_dagster.simulator.schema import INDUSTRY_OPTIONS
-from dynsync_dagster.store.database import open_store
+from dynsync_dagster.store.connection import open_store
 from dynsync_dagster.sync.cycle import run_cycle
 
 from .support import (

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from dynsync_dagster.simulator import Simulator
-from dynsync_dagster.store.database import StoreBusyError, open_store, working_path
+from dynsync_dagster.store.connection import StoreBusyError, open_store, working_path
 from dynsync_dagster.store.publish import open_published, read_record
 
 from .support import (
