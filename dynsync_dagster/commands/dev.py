@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import shlex
 import shutil
 import signal
 import socket
@@ -18,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from dynsync_dagster.commands.runs import REPO_ROOT, CommandError
+from dynsync_dagster.simulator.process import SimulatorProcess, SimulatorStartError
 
 HOST = "127.0.0.1"  # loopback only: the dev UI has no authentication
 SIMULATOR_START_TIMEOUT_S = 600.0  # generating a large org takes a while
@@ -34,43 +33,32 @@ def run_dev(args: argparse.Namespace) -> int:
         raise CommandError(f"{workspace} not found: run `dynsync dev` from a dynsync checkout")
     ui_port = _ui_port(int(args.port))
     _reset(work)
+    sim = SimulatorProcess(
+        work / "simulator",
+        [
+            "--accounts",
+            str(args.accounts),
+            "--contacts",
+            str(args.contacts),
+            "--trickle-per-minute",
+            str(args.trickle_per_minute),
+        ],
+    )
     with _sigterm_as_interrupt():
-        sim: subprocess.Popen | None = None
         dagster: subprocess.Popen | None = None
         try:
-            sim = _spawn_simulator(args, work)
-            sim_env = _wait_for_simulator(sim, work)
-            env = dev_environment(sim_env, work / "dynsync.duckdb")
+            _start_simulator(sim, args)
+            env = dev_environment(sim.env, work / "dynsync.duckdb")
             url = f"http://{HOST}:{ui_port}"
-            print(
-                f"starting dagster dev at {url} (DAGSTER_HOME={env['DAGSTER_HOME']}) …", flush=True
-            )
-            dagster = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "dagster",
-                    "dev",
-                    "-h",
-                    HOST,
-                    "-p",
-                    str(ui_port),
-                    "-w",
-                    str(workspace),
-                ],
-                cwd=REPO_ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                # Its own process group: Ctrl-C reaches only us, and we stop it in order.
-                start_new_session=True,
-            )
-            return _supervise(dagster, sim, url, work / "simulator.log")
+            dagster = _start_dagster(env, url, ui_port, workspace)
+            return _supervise(dagster, sim, url)
         except KeyboardInterrupt:
             print("\nstopping …", flush=True)
             return 0
         finally:
             _stop(dagster, "dagster dev")
-            _stop(sim, "simulator")
+            if not sim.stop(STOP_TIMEOUT_S):
+                print("simulator did not stop in time; killed it", file=sys.stderr, flush=True)
 
 
 def dev_environment(
@@ -115,74 +103,52 @@ def _reset(work: Path) -> None:
     shutil.rmtree(work / "simulator", ignore_errors=True)
 
 
-def _spawn_simulator(args: argparse.Namespace, work: Path) -> subprocess.Popen:
-    log_path = work / "simulator.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "dynsync_dagster.simulator",
-        "--port",
-        "0",
-        "--state-dir",
-        str(work / "simulator"),
-        "--accounts",
-        str(args.accounts),
-        "--contacts",
-        str(args.contacts),
-        "--trickle-per-minute",
-        str(args.trickle_per_minute),
-    ]
+def _start_simulator(sim: SimulatorProcess, args: argparse.Namespace) -> None:
     print(
         f"starting the simulator: {args.accounts:,} accounts, {args.contacts:,} contacts, "
-        f"{args.trickle_per_minute} changes a minute (log: {log_path}) …",
+        f"{args.trickle_per_minute} changes a minute (log: {sim.log_path}) …",
         flush=True,
     )
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    try:
+        sim.start(timeout_s=SIMULATOR_START_TIMEOUT_S)
+    except SimulatorStartError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"simulator ready at {sim.env.get('DYNAMICS_URL')}", flush=True)
 
 
-def _wait_for_simulator(sim: subprocess.Popen, work: Path) -> dict[str, str]:
-    """The simulator's DYNAMICS_* once it listens (from the env.sh it writes)."""
-    state = work / "simulator"
-    log_path = work / "simulator.log"
-    deadline = time.monotonic() + SIMULATOR_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if sim.poll() is not None:
-            raise CommandError(f"the simulator exited with {sim.returncode}:\n{_tail(log_path)}")
-        info = _read_json(state / "simulator.json")
-        # simulator.json is written once the server listens; the pid tells it is this one.
-        if info and info.get("pid") == sim.pid and (state / "env.sh").exists():
-            env = _read_exports(state / "env.sh")
-            print(f"simulator ready at {env.get('DYNAMICS_URL')}", flush=True)
-            return env
-        time.sleep(POLL_S)
-    raise CommandError(
-        f"the simulator did not start within {SIMULATOR_START_TIMEOUT_S:.0f}s; see {log_path}"
+def _start_dagster(
+    env: Mapping[str, str], url: str, ui_port: int, workspace: Path
+) -> subprocess.Popen:
+    print(f"starting dagster dev at {url} (DAGSTER_HOME={env['DAGSTER_HOME']}) …", flush=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "dev",
+            "-h",
+            HOST,
+            "-p",
+            str(ui_port),
+            "-w",
+            str(workspace),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        # Its own process group: Ctrl-C reaches only us, and we stop it in order.
+        start_new_session=True,
     )
 
 
-def _supervise(dagster: subprocess.Popen, sim: subprocess.Popen, url: str, sim_log: Path) -> int:
+def _supervise(dagster: subprocess.Popen, sim: SimulatorProcess, url: str) -> int:
     """Wait in the foreground; say when the UI answers; stop if either process dies."""
     started = time.monotonic()
-    ready = False
+    ready = warned = False
     while True:
-        code = dagster.poll()
+        code = _exit_code(dagster, sim)
         if code is not None:
-            print(f"dagster dev exited with {code}", file=sys.stderr, flush=True)
-            return code or 1
-        if sim.poll() is not None:
-            print(
-                f"the simulator exited with {sim.returncode}:\n{_tail(sim_log)}",
-                file=sys.stderr,
-                flush=True,
-            )
-            return 1
+            return code
         if not ready:
             ready = _answers(f"{url}/server_info")
             if ready:
@@ -192,15 +158,28 @@ def _supervise(dagster: subprocess.Popen, sim: subprocess.Popen, url: str, sim_l
                     "Ctrl-C stops everything\n",
                     flush=True,
                 )
-            elif time.monotonic() - started > UI_START_TIMEOUT_S:
+            elif not warned and time.monotonic() - started > UI_START_TIMEOUT_S:
                 print(
                     f"the Dagster UI did not answer at {url} within "
                     f"{UI_START_TIMEOUT_S:.0f}s; still waiting (see the log above)",
                     file=sys.stderr,
                     flush=True,
                 )
-                started = float("inf")  # warn once
+                warned = True
         time.sleep(POLL_S)
+
+
+def _exit_code(dagster: subprocess.Popen, sim: SimulatorProcess) -> int | None:
+    """What `dynsync dev` exits with once either process has died; None while both run."""
+    code = dagster.poll()
+    if code is not None:
+        print(f"dagster dev exited with {code}", file=sys.stderr, flush=True)
+        return code or 1
+    code = sim.poll()
+    if code is not None:
+        print(f"the simulator exited with {code}:\n{sim.log_tail(20)}", file=sys.stderr, flush=True)
+        return 1
+    return None
 
 
 def _answers(url: str) -> bool:
@@ -242,30 +221,3 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):  # not there yet, or caught mid-write
-        return None
-
-
-def _read_exports(path: Path) -> dict[str, str]:
-    """The `export NAME=value` lines of the simulator's env.sh."""
-    env: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        if not line.startswith("export "):
-            continue
-        for word in shlex.split(line[len("export ") :]):
-            name, sep, value = word.partition("=")
-            if sep:
-                env[name] = value
-    return env
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no log at {path})"
