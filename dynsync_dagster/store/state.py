@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -102,38 +103,40 @@ def decisions_fingerprint(con: duckdb.DuckDBPyConnection) -> tuple[list, list]:
     return fields, labels
 
 
-SYNC_RUN_COLUMNS = (
-    "run_id",
-    "trigger",
-    "started_at",
-    "finished_at",
-    "outcome",
-    "account_mode",
-    "contact_mode",
-    "window_start",
-    "window_end",
-    "accounts_read",
-    "contacts_read",
-    "accounts_upserted",
-    "contacts_upserted",
-    "accounts_deleted",
-    "contacts_deleted",
-    "contacts_repropagated",
-    "activities_logged",
-    "activities_suppressed",
-    "requests",
-    "retries",
-    "throttle_wait_s",
-    "record_errors",
-    "error",
-)
+@dataclass(frozen=True)
+class SyncRun:
+    """One row of sync_runs: a cycle's outcome. A failed cycle fills only the first six."""
+
+    run_id: str
+    trigger: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str  # success or failed
+    error: str | None = None
+    account_mode: str | None = None  # full, resync, delta or cursor
+    contact_mode: str | None = None
+    window_start: datetime | None = None  # a backfill's window; NULL for an ordinary cycle
+    window_end: datetime | None = None
+    accounts_read: int | None = None
+    contacts_read: int | None = None
+    accounts_upserted: int | None = None
+    contacts_upserted: int | None = None
+    accounts_deleted: int | None = None
+    contacts_deleted: int | None = None
+    contacts_repropagated: int | None = None
+    activities_logged: int | None = None
+    activities_suppressed: int | None = None
+    requests: int | None = None
+    retries: int | None = None
+    throttle_wait_s: float | None = None
+    record_errors: int | None = None
 
 
-def write_sync_run(con: duckdb.DuckDBPyConnection, values: dict) -> None:
-    cols = [c for c in SYNC_RUN_COLUMNS if c in values]
+def write_sync_run(con: duckdb.DuckDBPyConnection, run: SyncRun) -> None:
+    columns = [f.name for f in dataclasses.fields(SyncRun)]
     con.execute(
-        f"INSERT INTO sync_runs ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
-        [values[c] for c in cols],
+        f"INSERT INTO sync_runs ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
+        [getattr(run, c) for c in columns],
     )
 
 

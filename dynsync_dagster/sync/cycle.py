@@ -7,12 +7,13 @@ before it, so every account a fetched contact names is in the (later) account re
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,6 +44,7 @@ from dynsync_dagster.store.schema import (
 )
 from dynsync_dagster.store.state import (
     ReaderState,
+    SyncRun,
     decisions_fingerprint,
     previously_synced_fields,
     read_reader_states,
@@ -99,14 +101,29 @@ class CycleResult:
     publish_s: float = 0.0
 
 
-class _Fetch:
-    """How one entity is read this cycle, and where its reader will stand afterwards."""
+@dataclass
+class _Fetched:
+    """What the fetch step hands to the commit step: the finished stage and how it was read."""
 
-    def __init__(self, entity: str, mode: str, pages: Callable[[], Iterator[Page]]):
-        self.entity = entity
-        self.mode = mode
-        self.pages = pages
-        self.delta_link: str | None = None
+    stage: Stage
+    plan: FieldPlan
+    stats: ClientStats
+    modes: dict[str, str] = field(default_factory=dict)  # entity -> full, resync, delta, cursor
+    next_states: dict[str, ReaderState] = field(default_factory=dict)  # absent: unchanged
+    fetch_s: float = 0.0
+
+    @property
+    def reconcile(self) -> dict[str, bool]:
+        """Entities read whole: an id the read did not see was deleted in Dynamics."""
+        return {entity: mode in ("full", "resync") for entity, mode in self.modes.items()}
+
+
+@dataclass(frozen=True)
+class _Applied:
+    """What the commit step's transaction did."""
+
+    counts: MergeCounts
+    record_errors: int
 
 
 def run_cycle(
@@ -123,7 +140,8 @@ def run_cycle(
     # Waiting for another cycle is not a failure of this one: nothing to record if it times out.
     with private_files(), cycle_lock(Path(db_path), options.store_wait_s):
         try:
-            return _run_cycle(conn, sync, Path(db_path), options, client, run_id, started)
+            fetched = _fetch(conn, sync, Path(db_path), options, client)
+            return _commit(sync, Path(db_path), options, fetched, run_id, started)
         except PublishError:
             raise  # the cycle itself committed: its sync_runs row says so
         except Exception as exc:
@@ -140,17 +158,15 @@ def _record_failure(
             ensure_fixed_tables(con)
             now = datetime.now(UTC)
             con.execute("BEGIN TRANSACTION")
-            write_sync_run(
-                con,
-                {
-                    "run_id": run_id,
-                    "trigger": options.trigger,
-                    "started_at": started,
-                    "finished_at": now,
-                    "outcome": "failed",
-                    "error": f"{type(exc).__name__}: {exc}"[:2000],
-                },
+            failed = SyncRun(
+                run_id=run_id,
+                trigger=options.trigger,
+                started_at=started,
+                finished_at=now,
+                outcome="failed",
+                error=f"{type(exc).__name__}: {exc}"[:2000],
             )
+            write_sync_run(con, failed)
             # Readers should see that the last cycle failed, not only the one before it.
             bump_generation(con, run_id, now)
             con.execute("COMMIT")
@@ -158,154 +174,380 @@ def _record_failure(
         log.warning("could not record the failed cycle in sync_runs: %s", record_exc)
 
 
-def _run_cycle(
+# -- fetch: read what changed in Dynamics into the stage, without holding the store ----------
+
+
+def _fetch(
     conn: ConnectionSettings,
     sync: SyncSettings,
     db_path: Path,
     options: CycleOptions,
     client: DynamicsClient | None,
-    run_id: str,
-    started: datetime,
-) -> CycleResult:
+) -> _Fetched:
+    """Resolve the fields, then read contacts and accounts into a stage next to the store."""
+    states, synced_before, columns = _look_at_store(db_path, options)
+    stage: Stage | None = None
+    with _client(conn, options, client) as client:
+        try:
+            t0 = time.perf_counter()
+            plan = resolve_fields(client, sync.account_fields, sync.contact_fields, synced_before)
+            for warning in plan.warnings:
+                log.warning(warning)
+            schema = plan_schema_change(columns, plan)
+            stage = Stage(stage_path(db_path), plan)
+            fetched = _Fetched(stage, plan, client.stats)
+            for entity in ("contact", "account"):
+                read = _EntityRead(client, stage, plan, entity, datetime.now(UTC))
+                next_state, mode = _fetch_entity(read, schema, states.get(entity))
+                fetched.modes[entity] = mode
+                if next_state is not None:
+                    fetched.next_states[entity] = next_state
+                if options.window is not None:
+                    # A backfill is a scheduled cycle plus a re-read of its window, read last so
+                    # its sightings win. Catching up first matters: a window read alone cannot
+                    # see deletions, so it would propagate an account change onto a contact
+                    # Dynamics had already deleted, and the store would depend on which of the
+                    # backfill and the scheduled run came first.
+                    read.drain(read.modified(*options.window))
+            stage.finish()
+            fetched.fetch_s = time.perf_counter() - t0
+            return fetched
+        except BaseException:
+            if stage is not None:
+                _keep_or_discard(stage)
+            raise
+
+
+def _look_at_store(
+    db_path: Path, options: CycleOptions
+) -> tuple[dict[str, ReaderState], set[tuple[str, str]], dict[str, dict[str, str]]]:
+    """Where the readers stand, which fields synced before, and the store's columns."""
     with writing(db_path, wait_s=options.store_wait_s, publish=False) as session:
         con = session.con
         ensure_fixed_tables(con)
-        states = read_reader_states(con)
-        before = previously_synced_fields(con)
-        columns = existing_columns(con)
+        return read_reader_states(con), previously_synced_fields(con), existing_columns(con)
 
-    own_client = client is None
-    client = client or DynamicsClient(conn, page_size=options.page_size)
-    stage: Stage | None = None
-    try:
-        t0 = time.perf_counter()
-        plan = resolve_fields(client, sync.account_fields, sync.contact_fields, before)
-        for warning in plan.warnings:
-            log.warning(warning)
-        schema = plan_schema_change(columns, plan)
-        stage = Stage(stage_path(db_path), plan)
-        modes: dict[str, str] = {}
-        new_states: dict[str, ReaderState] = {}
-        reconcile: dict[str, bool] = {}
-        for entity in ("contact", "account"):
-            state, mode = _fetch_entity(
-                client, stage, plan, schema, entity, states.get(entity), options
+
+@contextlib.contextmanager
+def _client(
+    conn: ConnectionSettings, options: CycleOptions, given: DynamicsClient | None
+) -> Iterator[DynamicsClient]:
+    """The caller's client, or one of our own that is closed when the fetch ends."""
+    if given is not None:
+        yield given
+        return
+    with contextlib.closing(DynamicsClient(conn, page_size=options.page_size)) as own:
+        yield own
+
+
+def _keep_or_discard(stage: Stage) -> None:
+    """After a failed fetch: keep a checkpointed full read for the next cycle to resume."""
+    if stage.has_checkpoint():
+        stage.close()
+    else:
+        stage.discard()
+
+
+@dataclass(frozen=True)
+class _EntityRead:
+    """One entity's read this cycle: where its pages come from and where they go."""
+
+    client: DynamicsClient
+    stage: Stage
+    plan: FieldPlan
+    entity: str
+    started: datetime
+
+    @property
+    def select_list(self) -> str:
+        return ",".join(self.plan.select(self.entity))
+
+    @property
+    def tracking(self) -> bool:
+        return self.plan.change_tracking[self.entity]
+
+    @functools.cached_property
+    def arrow(self) -> ArrowDecoder:
+        return self.stage.decoder(self.entity)
+
+    def modified(self, since: datetime, until: datetime | None = None) -> Iterator[Page]:
+        """Records modified in [since, until), oldest first (a cursor or a backfill window)."""
+        window = f"modifiedon ge {odata_time(since)}"
+        if until is not None:
+            window += f" and modifiedon lt {odata_time(until)}"
+        return self.client.iter_pages(
+            ENTITY_SET[self.entity],
+            select=self.plan.select(self.entity),
+            filter=window,
+            orderby=f"modifiedon asc,{PRIMARY_KEY[self.entity]} asc",
+            annotations=ANNOTATIONS,
+            arrow=self.arrow,
+        )
+
+    def link(self, link: str, *, track_changes: bool = True) -> Iterator[Page]:
+        """The pages from a saved link: a delta link, or the next page of a full read."""
+        return self.client.iter_link(
+            link, track_changes=track_changes, annotations=ANNOTATIONS, arrow=self.arrow
+        )
+
+    def everything(self) -> Iterator[Page]:
+        """Every record: with change tracking (ends with a delta link), else in key order."""
+        select, entity_set = self.plan.select(self.entity), ENTITY_SET[self.entity]
+        if self.tracking:
+            return self.client.iter_pages(
+                entity_set,
+                select=select,
+                track_changes=True,
+                annotations=ANNOTATIONS,
+                arrow=self.arrow,
             )
-            if options.window is not None:
-                # A backfill is a scheduled cycle plus a re-read of its window, read last so
-                # its sightings win. Catching up first matters: a window read alone cannot
-                # see deletions, so it would propagate an account change onto a contact
-                # Dynamics had already deleted, and the store would depend on which of the
-                # backfill and the scheduled run came first.
-                window = _modified(
-                    client, plan, entity, *options.window, arrow=stage.decoder(entity)
-                )
-                _drain(stage, entity, window)
-            modes[entity] = mode
-            reconcile[entity] = mode in ("full", "resync")
-            if state is not None:
-                new_states[entity] = state
-        stage.finish()
-        fetch_s = time.perf_counter() - t0
-    except BaseException:
-        if stage is not None:
-            if stage.has_checkpoint():
-                stage.close()  # keep it: the next cycle resumes the full read
-            else:
-                stage.discard()
-        raise
-    finally:
-        if own_client:
-            client.close()
+        return self.client.iter_pages(
+            entity_set,
+            select=select,
+            orderby=f"{PRIMARY_KEY[self.entity]} asc",
+            annotations=ANNOTATIONS,
+            arrow=self.arrow,
+        )
 
+    def drain(
+        self, pages: Iterator[Page], checkpoint: tuple[str, datetime] | None = None
+    ) -> str | None:
+        """Stream pages into the stage; return the delta link of the last page, if any.
+
+        With `checkpoint` (mode, start of the read), each page's next link is saved with its
+        rows, so a failed full read resumes where it stopped.
+        """
+        link = None
+        for page in _prefetched(pages):
+            self.stage.add_page(self.entity, page)
+            link = page.delta_link or link
+            if checkpoint is not None:
+                mode, started_at = checkpoint
+                progress = Progress(
+                    mode,
+                    self.select_list,
+                    page.next_link,
+                    page.delta_link,
+                    page.next_link is None,
+                    started_at,
+                )
+                self.stage.checkpoint(self.entity, progress)
+        return link
+
+    def state(self, mode: str, delta_link: str | None, cursor: datetime | None) -> ReaderState:
+        """Where this entity's reader stands once the cycle commits."""
+        return ReaderState(self.entity, mode, delta_link, self.select_list, cursor, self.started)
+
+
+def _fetch_entity(
+    read: _EntityRead, schema: SchemaChange, state: ReaderState | None
+) -> tuple[ReaderState | None, str]:
+    """Read one entity into the stage; returns its next reader state (None: unchanged) and mode."""
+    resumed = _resume_full_read(read)
+    if resumed is not None:
+        return resumed
+    read.stage.reset(read.entity)
+
+    # A changed $select (field added or removed) needs every record again, not a delta.
+    fresh = state is None or state.select_list != read.select_list or schema.refill(read.entity)
+    mode = "full"
+    if read.tracking and not fresh and state is not None and state.delta_link:
+        try:
+            link = read.drain(read.link(state.delta_link)) or state.delta_link
+            return read.state("delta", link, None), "delta"
+        except ExpiredDeltaToken:
+            log.warning("%s: the delta token expired; re-reading the whole table", read.entity)
+            read.stage.reset(read.entity)
+            mode = "resync"
+    if (
+        not read.tracking
+        and not fresh
+        and state is not None
+        and state.cursor_modifiedon is not None
+    ):
+        read.drain(read.modified(state.cursor_modifiedon - CURSOR_OVERLAP))
+        return read.state("cursor", None, state.cursor_modifiedon), "cursor"
+    link = read.drain(read.everything(), checkpoint=(mode, read.started))
+    return _after_full(read, link if read.tracking else None), mode
+
+
+def _resume_full_read(read: _EntityRead) -> tuple[ReaderState, str] | None:
+    """Finish a full read a failed cycle left half done; None if there is none to finish."""
+    resumed = read.stage.progress(read.entity)
+    if resumed is None or resumed.select_list != read.select_list:
+        return None
+    read.stage.count(read.entity)
+    log.info(
+        "%s: resuming a full read from its checkpoint (%d rows staged)",
+        read.entity,
+        read.stage.rows[read.entity],
+    )
+    if not (resumed.complete or _read_after_checkpoint(read, resumed)):
+        return None
+    progress = read.stage.progress(read.entity)
+    link = progress.delta_link if progress else None
+    # Pages staged by the failed cycle may be stale: bring in what changed since that read
+    # began, in this same cycle (a delta poll, or a cursor read from its start).
+    if link:
+        link = read.drain(read.link(link)) or link
+    else:
+        read.drain(read.modified(resumed.started_at - CURSOR_OVERLAP))
+    return _after_full(read, link), resumed.mode
+
+
+def _read_after_checkpoint(read: _EntityRead, resumed: Progress) -> bool:
+    """Read the pages after the checkpoint; False if Dynamics refused the saved link."""
+    if not resumed.resume_link:
+        return False
+    try:
+        pages = read.link(resumed.resume_link, track_changes=read.tracking)
+        read.drain(pages, checkpoint=(resumed.mode, resumed.started_at))
+    except DynamicsError as exc:
+        if exc.status != 400:
+            raise
+        log.warning("%s: the saved page link was refused (%s); starting over", read.entity, exc)
+        return False
+    return True
+
+
+def _after_full(read: _EntityRead, delta_link: str | None) -> ReaderState:
+    if delta_link:
+        return read.state("delta", delta_link, None)
+    # No change tracking (or the server gave no delta link): a modifiedon cursor from here on.
+    return read.state("cursor", None, None)
+
+
+# -- commit: apply the stage to the store in one transaction, then publish it for readers ----
+
+
+def _commit(
+    sync: SyncSettings,
+    db_path: Path,
+    options: CycleOptions,
+    fetched: _Fetched,
+    run_id: str,
+    started: datetime,
+) -> CycleResult:
+    """Apply the stage, record where the readers stand and the run, and publish the store."""
     t1 = time.perf_counter()
     now = datetime.now(UTC)
     committed = False
     try:
         with writing(db_path, wait_s=options.store_wait_s, run_id=run_id) as session:
             con = session.con
-            con.execute(f"ATTACH '{_sql_path(stage.path)}' AS {STAGE} (READ_ONLY)")
-            con.execute("BEGIN TRANSACTION")
-            try:
-                decisions_before = decisions_fingerprint(con)
-                # The columns may have changed since the first look (another cycle ran).
-                schema = plan_schema_change(existing_columns(con), plan)
-                apply_schema_change(con, plan, schema)
-                ctx = MergeContext(
-                    plan, schema, reconcile, run_id, now, sync.activity_log_contact_limit
-                )
-                counts = apply_cycle(con, ctx)
-                rejects = {e: attached(rejects_table(e)) for e in ENTITIES}
-                record_errors = record_sync_errors(con, rejects, run_id, now)
-                for s in new_states.values():
-                    write_reader_state(con, _with_cursor(con, s), run_id)
-                write_field_decisions(con, plan, run_id, now)
-                write_lineage(con, plan, now)
-                if _changed_data(counts, schema, record_errors) or (
-                    decisions_fingerprint(con) != decisions_before
-                ):
-                    bump_generation(con, run_id, now)
-                stats = client.stats
-                write_sync_run(
-                    con,
-                    {
-                        "run_id": run_id,
-                        "trigger": options.trigger,
-                        "started_at": started,
-                        "finished_at": datetime.now(UTC),
-                        "outcome": "success",
-                        "account_mode": modes["account"],
-                        "contact_mode": modes["contact"],
-                        "window_start": options.window[0] if options.window else None,
-                        "window_end": options.window[1] if options.window else None,
-                        "accounts_read": stage.rows["account"],
-                        "contacts_read": stage.rows["contact"],
-                        "accounts_upserted": counts.accounts_upserted,
-                        "contacts_upserted": counts.contacts_upserted,
-                        "accounts_deleted": counts.accounts_deleted,
-                        "contacts_deleted": counts.contacts_deleted,
-                        "contacts_repropagated": counts.contacts_repropagated,
-                        "activities_logged": counts.activities_logged,
-                        "activities_suppressed": counts.activities_suppressed,
-                        "requests": stats.requests,
-                        "retries": stats.retries,
-                        "throttle_wait_s": stats.throttle_wait_s,
-                        "record_errors": record_errors,
-                    },
-                )
-                con.execute("COMMIT")
+            with _attached_stage(con, fetched.stage.path):
+                with _transaction(con):
+                    applied = _apply(con, sync, options, fetched, run_id, started, now)
                 committed = True
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            finally:
-                con.execute(f"DETACH {STAGE}")
             table_rows, table_schemas = _table_facts(con)
             states_now = read_reader_states(con)
         # The session closed the store (its checkpoint) and then published it for readers.
         write_s = time.perf_counter() - t1 - session.publish_s
     finally:
         # A full read that could not be written is kept for the next cycle to reuse.
-        if committed or not any(m in ("full", "resync") for m in modes.values()):
-            stage.discard()
+        if committed or not any(fetched.reconcile.values()):
+            fetched.stage.discard()
     return CycleResult(
         run_id=run_id,
         started_at=started,
         finished_at=datetime.now(UTC),
-        modes=modes,
-        rows_read=dict(stage.rows),
-        deletions_read=dict(stage.deleted),
-        counts=counts,
-        plan=plan,
-        stats=client.stats,
+        modes=fetched.modes,
+        rows_read=dict(fetched.stage.rows),
+        deletions_read=dict(fetched.stage.deleted),
+        counts=applied.counts,
+        plan=fetched.plan,
+        stats=fetched.stats,
         reader_states=states_now,
         table_rows=table_rows,
         table_schemas=table_schemas,
-        record_errors=record_errors,
-        fetch_s=fetch_s,
+        record_errors=applied.record_errors,
+        fetch_s=fetched.fetch_s,
         write_s=write_s,
         published=session.published,
         publish_s=session.publish_s,
+    )
+
+
+@contextlib.contextmanager
+def _attached_stage(con: duckdb.DuckDBPyConnection, path: Path) -> Iterator[None]:
+    con.execute(f"ATTACH '{_sql_path(path)}' AS {STAGE} (READ_ONLY)")
+    try:
+        yield
+    finally:
+        con.execute(f"DETACH {STAGE}")
+
+
+@contextlib.contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def _apply(
+    con: duckdb.DuckDBPyConnection,
+    sync: SyncSettings,
+    options: CycleOptions,
+    fetched: _Fetched,
+    run_id: str,
+    started: datetime,
+    now: datetime,
+) -> _Applied:
+    """The cycle's transaction: the rules, the status tables, and a new generation if a reader
+    would see a difference."""
+    plan = fetched.plan
+    decisions_before = decisions_fingerprint(con)
+    # The columns may have changed since the first look (another cycle ran).
+    schema = plan_schema_change(existing_columns(con), plan)
+    apply_schema_change(con, plan, schema)
+    ctx = MergeContext(
+        plan, schema, fetched.reconcile, run_id, now, sync.activity_log_contact_limit
+    )
+    counts = apply_cycle(con, ctx)
+    rejects = {e: attached(rejects_table(e)) for e in ENTITIES}
+    applied = _Applied(counts, record_sync_errors(con, rejects, run_id, now))
+    for state in fetched.next_states.values():
+        write_reader_state(con, _with_cursor(con, state), run_id)
+    write_field_decisions(con, plan, run_id, now)
+    write_lineage(con, plan, now)
+    if _changed_data(applied, schema) or decisions_fingerprint(con) != decisions_before:
+        bump_generation(con, run_id, now)
+    write_sync_run(con, _success_row(options, fetched, applied, run_id, started))
+    return applied
+
+
+def _success_row(
+    options: CycleOptions, fetched: _Fetched, applied: _Applied, run_id: str, started: datetime
+) -> SyncRun:
+    counts, stats, stage = applied.counts, fetched.stats, fetched.stage
+    window_start, window_end = options.window or (None, None)
+    return SyncRun(
+        run_id=run_id,
+        trigger=options.trigger,
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        outcome="success",
+        account_mode=fetched.modes["account"],
+        contact_mode=fetched.modes["contact"],
+        window_start=window_start,
+        window_end=window_end,
+        accounts_read=stage.rows["account"],
+        contacts_read=stage.rows["contact"],
+        accounts_upserted=counts.accounts_upserted,
+        contacts_upserted=counts.contacts_upserted,
+        accounts_deleted=counts.accounts_deleted,
+        contacts_deleted=counts.contacts_deleted,
+        contacts_repropagated=counts.contacts_repropagated,
+        activities_logged=counts.activities_logged,
+        activities_suppressed=counts.activities_suppressed,
+        requests=stats.requests,
+        retries=stats.retries,
+        throttle_wait_s=stats.throttle_wait_s,
+        record_errors=applied.record_errors,
     )
 
 
@@ -321,9 +563,10 @@ def _table_facts(
     return rows, {t: table_columns(con, t) for t in REPORTED_TABLES}
 
 
-def _changed_data(counts: MergeCounts, schema: SchemaChange, record_errors: int) -> bool:
+def _changed_data(applied: _Applied, schema: SchemaChange) -> bool:
     """Did the transaction change what a reader sees, beyond the cycle's own bookkeeping
     (sync_runs, sync_state)? A cycle that did not leaves the published file as it is."""
+    counts = applied.counts
     moved = (
         counts.accounts_upserted,
         counts.accounts_deleted,
@@ -333,159 +576,9 @@ def _changed_data(counts: MergeCounts, schema: SchemaChange, record_errors: int)
         counts.local_edits_overwritten,
         counts.activities_logged,
         counts.activities_suppressed,
-        record_errors,
+        applied.record_errors,
     )
     return any(moved) or bool(schema.added) or bool(schema.dropped)
-
-
-def _fetch_entity(
-    client: DynamicsClient,
-    stage: Stage,
-    plan: FieldPlan,
-    schema: SchemaChange,
-    entity: str,
-    state: ReaderState | None,
-    options: CycleOptions,
-) -> tuple[ReaderState | None, str]:
-    """Read one entity into the stage; returns its next reader state (None: unchanged) and mode."""
-    select = plan.select(entity)
-    select_list = ",".join(select)
-    entity_set, key = ENTITY_SET[entity], PRIMARY_KEY[entity]
-    tracking = plan.change_tracking[entity]
-    now = datetime.now(UTC)
-    arrow = stage.decoder(entity)
-
-    def modified(since: datetime) -> Iterator[Page]:
-        return _modified(client, plan, entity, since, arrow=arrow)
-
-    def delta(link: str) -> Iterator[Page]:
-        return client.iter_link(link, track_changes=True, annotations=ANNOTATIONS, arrow=arrow)
-
-    resumed = stage.progress(entity)
-    if resumed is not None and resumed.select_list == select_list:
-        # A full read a failed cycle left half done: go on from its last checkpoint.
-        stage.count(entity)
-        log.info(
-            "%s: resuming a full read from its checkpoint (%d rows staged)",
-            entity,
-            stage.rows[entity],
-        )
-        done = resumed.complete
-        if not done and resumed.resume_link:
-            try:
-                pages = client.iter_link(
-                    resumed.resume_link,
-                    track_changes=tracking,
-                    annotations=ANNOTATIONS,
-                    arrow=arrow,
-                )
-                _drain(stage, entity, pages, (resumed.mode, select_list, resumed.started_at))
-                done = True
-            except DynamicsError as exc:
-                if exc.status != 400:
-                    raise
-                log.warning("%s: the saved page link was refused (%s); starting over", entity, exc)
-        if done:
-            progress = stage.progress(entity)
-            link = progress.delta_link if progress else None
-            # Pages staged by the failed cycle may be stale: bring in what changed since that
-            # read began, in this same cycle (a delta poll, or a cursor read from its start).
-            if link:
-                link = _drain(stage, entity, delta(link)) or link
-            else:
-                _drain(stage, entity, modified(resumed.started_at - CURSOR_OVERLAP))
-            return _after_full(entity, link, select_list, now), resumed.mode
-    stage.reset(entity)
-
-    # A changed $select (field added or removed) needs every record again, not a delta.
-    fresh = state is None or state.select_list != select_list or schema.refill(entity)
-    mode = "full"
-    if tracking and not fresh and state is not None and state.delta_link:
-        try:
-            link = _drain(stage, entity, delta(state.delta_link)) or state.delta_link
-            return ReaderState(entity, "delta", link, select_list, None, now), "delta"
-        except ExpiredDeltaToken:
-            log.warning("%s: the delta token expired; re-reading the whole table", entity)
-            stage.reset(entity)
-            mode = "resync"
-    if not tracking and not fresh and state is not None and state.cursor_modifiedon is not None:
-        _drain(stage, entity, modified(state.cursor_modifiedon - CURSOR_OVERLAP))
-        cursor = ReaderState(entity, "cursor", None, select_list, state.cursor_modifiedon, now)
-        return cursor, "cursor"
-    pages = (
-        client.iter_pages(
-            entity_set, select=select, track_changes=True, annotations=ANNOTATIONS, arrow=arrow
-        )
-        if tracking
-        else client.iter_pages(
-            entity_set, select=select, orderby=f"{key} asc", annotations=ANNOTATIONS, arrow=arrow
-        )
-    )
-    link = _drain(stage, entity, pages, checkpoint=(mode, select_list, now))
-    return _after_full(entity, link if tracking else None, select_list, now), mode
-
-
-def _modified(
-    client: DynamicsClient,
-    plan: FieldPlan,
-    entity: str,
-    since: datetime,
-    until: datetime | None = None,
-    *,
-    arrow: ArrowDecoder | None = None,
-) -> Iterator[Page]:
-    """Records modified in [since, until), oldest first (a cursor or a backfill window)."""
-    window = f"modifiedon ge {odata_time(since)}"
-    if until is not None:
-        window += f" and modifiedon lt {odata_time(until)}"
-    return client.iter_pages(
-        ENTITY_SET[entity],
-        select=plan.select(entity),
-        filter=window,
-        orderby=f"modifiedon asc,{PRIMARY_KEY[entity]} asc",
-        annotations=ANNOTATIONS,
-        arrow=arrow,
-    )
-
-
-def _after_full(
-    entity: str, delta_link: str | None, select_list: str, now: datetime
-) -> ReaderState:
-    if delta_link:
-        return ReaderState(entity, "delta", delta_link, select_list, None, now)
-    # No change tracking (or the server gave no delta link): a modifiedon cursor from here on.
-    return ReaderState(entity, "cursor", None, select_list, None, now)
-
-
-def _drain(
-    stage: Stage,
-    entity: str,
-    pages: Iterator[Page],
-    checkpoint: tuple[str, str, datetime] | None = None,
-) -> str | None:
-    """Stream pages into the stage; return the delta link of the last page, if any.
-
-    With `checkpoint` (mode, select list, start of the read), each page's next link is saved
-    with its rows, so a failed full read resumes where it stopped.
-    """
-    link = None
-    for page in _prefetched(pages):
-        stage.add_page(entity, page)
-        link = page.delta_link or link
-        if checkpoint is not None:
-            mode, select_list, started_at = checkpoint
-            stage.checkpoint(
-                entity,
-                Progress(
-                    mode,
-                    select_list,
-                    page.next_link,
-                    page.delta_link,
-                    page.next_link is None,
-                    started_at,
-                ),
-            )
-    return link
 
 
 def _prefetched(pages: Iterator[Page], depth: int = 2) -> Iterator[Page]:
@@ -535,7 +628,7 @@ def _prefetched(pages: Iterator[Page], depth: int = 2) -> Iterator[Page]:
             worker.join(timeout=0.05)
 
 
-def _with_cursor(con, state: ReaderState) -> ReaderState:
+def _with_cursor(con: duckdb.DuckDBPyConnection, state: ReaderState) -> ReaderState:
     """A cursor reader advances to the newest modifiedon it committed, never backwards."""
     if state.mode != "cursor":
         return state
