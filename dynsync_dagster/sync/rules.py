@@ -11,57 +11,52 @@ from datetime import datetime
 
 import duckdb
 
-from dynsync_dagster.dynamics.fields import FieldPlan, FieldSpec
+from dynsync_dagster.dynamics.fields import PRIMARY_KEY, FieldPlan, FieldSpec
 from dynsync_dagster.store.schema import SchemaChange, literal, quote, rewrite_rows
+from dynsync_dagster.sync.activity import (
+    REASON_ACCOUNT_UPDATED,
+    REASON_JOINED,
+    REASON_LEFT,
+    REASON_MOVED,
+    REASON_RESTORED,
+    SOURCE_SYNC,
+    activity_value_sql,
+    log_activity,
+)
 from dynsync_dagster.sync.stage import attached, rows_table, typed_view
 
-ACTIVITY_TYPE = "Change Data Value"
-SOURCE_SYNC = "Dynamics sync"
 # Re-propagation writes in place when at most this many columns change (see _repropagate).
 IN_PLACE_MAX_COLUMNS = 6
-SOURCE_LOCAL = "Local update"
-REASON_ACCOUNT_UPDATED = "Account updated in Dynamics"
-REASON_JOINED = "Contact joined an account in Dynamics"
-REASON_MOVED = "Contact moved to another account in Dynamics"
-REASON_LEFT = "Contact no longer has an account in Dynamics"
-# A deleted contact brought back (Dataverse restore, or seen again after a full read missed
-# it): the account values it kept may be out of date.
-REASON_RESTORED = "Contact restored in Dynamics"
 
+# A contact's membership: the parent customer, and the account when the parent is one.
+MEMBERSHIP = ("accountid", "parentcustomerid", "parentcustomerid_type")
 
-def activity_value_sql(value: str, duck_type: str, label: str | None = None) -> str:
-    """SQL for an activity row's old or new value, as Dynamics (and Marketo's Change Data
-    Value) shows it: the one rule for every writer of activity rows.
+# A contact of con_upd (alias u) that carries another account's values, or old ones: it
+# joined an account, moved, left its account or was restored.
+REPOINTED = "(NOT u.is_new AND (u.old_accountid IS DISTINCT FROM u.accountid OR u.was_deleted))"
 
-    `value` is an SQL expression of the stored type `duck_type`; `label` is, for a choice, an
-    SQL expression of its label.
-    - A choice shows its label. An option without a known label shows its code, so that a
-      value never reads as cleared.
-    - Money and decimals show the digits the value needs: no trailing zeros after the point
-      and no point for a whole number (`1234.5`, `3096917551.66`, `12`, `0`, `-0.01`). The
-      store keeps money at Dataverse's four decimals, which is storage, not the value.
-    - Everything else is DuckDB's text for the stored value.
-    The choice's code is not repeated on the activity row: `contacts` keeps the code beside
-    the label, and `choice_labels` maps an attribute's label back to its code.
-    """
-    text = f"CAST({value} AS VARCHAR)"
-    if label is not None:
-        return f"coalesce({label}, {text})"
-    if duck_type.strip().upper().startswith("DECIMAL"):
-        # A DECIMAL of scale 0 has no point, and its zeros are significant.
-        return (
-            f"CASE WHEN contains({text}, '.') THEN rtrim(rtrim({text}, '0'), '.') ELSE {text} END"
-        )
-    return text
+# The scratch tables of one cycle's rules, dropped once they are applied.
+SCRATCH_TABLES = (
+    "acc_upd",
+    "acc_old",
+    "acc_before",
+    "acc_after",
+    "con_upd",
+    "members",
+    "prop",
+    "prop_vals",
+    "touched",
+    "suppressions",
+)
 
 
 @dataclass
 class MergeCounts:
+    """What a cycle's rules did, for the run's report and metadata."""
+
     accounts_upserted: int = 0
-    accounts_inserted: int = 0
     accounts_deleted: int = 0
     contacts_upserted: int = 0
-    contacts_inserted: int = 0
     contacts_deleted: int = 0
     contacts_repropagated: int = 0
     local_edits_overwritten: int = 0
@@ -72,6 +67,8 @@ class MergeCounts:
 
 @dataclass(frozen=True)
 class MergeContext:
+    """What the rules need to know about the cycle besides the stage."""
+
     plan: FieldPlan
     schema: SchemaChange
     reconcile_deletes: dict[str, bool]  # full reads: ids not seen were deleted in Dynamics
@@ -127,23 +124,23 @@ def contact_columns(plan: FieldPlan) -> list[str]:
 
 
 def apply_cycle(con: duckdb.DuckDBPyConnection, ctx: MergeContext) -> MergeCounts:
+    """Apply the staged rows: accounts, then contacts, then account values onto contacts."""
     counts = MergeCounts()
     # On the first load every record is inserted with all its values: nothing to refill.
-    refill = {
-        t: bool(_scalar(con, f"SELECT count(*) FROM (SELECT 1 FROM {t} LIMIT 1)"))
+    had_accounts, had_contacts = (
+        bool(_scalar(con, f"SELECT count(*) FROM (SELECT 1 FROM {t} LIMIT 1)"))
         for t in ("accounts", "contacts")
-    }
-    _apply_accounts(con, ctx, counts, refill["accounts"])
-    if refill["contacts"]:
-        _apply_contacts(con, ctx, counts, refill["contacts"])
+    )
+    _apply_accounts(con, ctx, counts, had_accounts)
+    if had_contacts:
+        _apply_contacts(con, ctx, counts)
         _repropagate(con, ctx, counts)
+        _refill_new_account_columns(con, ctx)
     else:
         # No contact existed before this cycle: none can change, move or be deleted, and
         # none needs its account values re-propagated.
         _insert_first_contacts(con, ctx, counts)
-    if refill["contacts"]:
-        _refill_new_account_columns(con, ctx)
-    for t in ("acc_upd", "acc_old", "acc_before", "acc_after", "con_upd", "members", "prop"):
+    for t in SCRATCH_TABLES:
         con.execute(f"DROP TABLE IF EXISTS {t}")
     return counts
 
@@ -153,49 +150,120 @@ def _scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None
     return int(row[0]) if row and row[0] is not None else 0
 
 
-def _apply_accounts(
-    con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: MergeCounts, refill: bool
-) -> None:
-    cols = account_columns(ctx.plan)
-    # Rule 5: only a higher versionnumber is an update; a re-read of the same version is not,
-    # and an older version (a backfill re-reading history) never overwrites newer data.
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE acc_upd AS
-        SELECT s.*, a.accountid IS NULL AS is_new
-        FROM {attached(typed_view("account"))} s LEFT JOIN accounts a USING (accountid)
+def _written(result: duckdb.DuckDBPyConnection) -> int:
+    """How many rows an INSERT, UPDATE or DELETE wrote (DuckDB returns the count)."""
+    return int(result.fetchone()[0])
+
+
+# ---- records: accounts, then contacts (rules 1, 3, 5) ------------------------------------
+
+
+def _staged_updates(entity: str, table: str, stored: str = "") -> str:
+    """The staged records that are new or newer than the stored ones, with `is_new`.
+
+    Rule 5: only a higher versionnumber is an update; a re-read of the same version is not,
+    and an older version (a backfill re-reading history) never overwrites newer data. A
+    deleted record seen again at its version is back. `stored` adds columns of the stored
+    row (alias t).
+    """
+    key = PRIMARY_KEY[entity]
+    return f"""
+        SELECT s.*, t.{key} IS NULL AS is_new{stored}
+        FROM {attached(typed_view(entity))} s LEFT JOIN {table} t USING ({key})
         WHERE NOT s._deleted
-          AND (a.accountid IS NULL OR s.versionnumber > a.versionnumber
-               OR (a.is_deleted AND s.versionnumber >= a.versionnumber))
+          AND (t.{key} IS NULL OR s.versionnumber > t.versionnumber
+               OR (t.is_deleted AND s.versionnumber >= t.versionnumber))
         """
-    )
-    # The updated accounts as stored, read once: their rewrite below copies them, and their
-    # values as contacts see them now tell re-propagation which columns change.
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE acc_old AS SELECT * FROM accounts "
-        "WHERE accountid IN (SELECT accountid FROM acc_upd WHERE NOT is_new)"
-    )
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE acc_before AS "
-        + effective_accounts_sql(ctx.plan.synced("account"), source="acc_old")
-    )
-    # A delete and an append, like contacts: an UPDATE of a thousand scattered accounts
-    # rewrites nearly every block of the table.
+
+
+def _rewrite_updated(
+    con: duckdb.DuckDBPyConnection,
+    ctx: MergeContext,
+    entity: str,
+    table: str,
+    updates: str,
+    columns: list[str],
+    current: str | None = None,
+) -> None:
+    """Write the staged values of the updated, not new, records of `updates` over the stored
+    ones: as a delete and an append, since an UPDATE of a thousand scattered rows rewrites
+    nearly every block of the table."""
     rewrite_rows(
         con,
-        "accounts",
-        "accountid",
+        table,
+        PRIMARY_KEY[entity],
         {
-            **{c: f"v.{quote(c)}" for c in [*cols, "modifiedon", "versionnumber"]},
+            **{c: f"v.{quote(c)}" for c in [*columns, "modifiedon", "versionnumber"]},
             "is_deleted": "false",
             "deleted_at": "NULL",
             "last_synced_at": "$now",
             "last_run_id": "$run",
         },
-        "(SELECT * FROM acc_upd WHERE NOT is_new)",
+        f"(SELECT * FROM {updates} WHERE NOT is_new)",
         params={"now": ctx.now, "run": ctx.run_id},
-        current="acc_old",
+        current=current,
     )
+
+
+def _fill_added_columns(
+    con: duckdb.DuckDBPyConnection, entity: str, table: str, added: list[str]
+) -> None:
+    """A field added to the selection: fill it on records whose version did not change (the
+    full re-read staged them all; the changed ones were written whole)."""
+    if not added:
+        return
+    key = PRIMARY_KEY[entity]
+    fill = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in added)
+    con.execute(
+        f"UPDATE {table} t SET {fill} FROM {attached(typed_view(entity))} s "
+        f"WHERE t.{key} = s.{key} AND NOT s._deleted AND s.versionnumber = t.versionnumber"
+    )
+
+
+def _mark_deleted(
+    con: duckdb.DuckDBPyConnection, entity: str, table: str, ctx: MergeContext
+) -> int:
+    """Flag the records Dynamics deleted (their rows stay); return how many."""
+    key = PRIMARY_KEY[entity]
+    params = {"now": ctx.now, "run": ctx.run_id}
+    deleted = _written(
+        con.execute(
+            f"""
+            UPDATE {table} SET is_deleted = true, deleted_at = $now, last_run_id = $run
+            WHERE NOT is_deleted
+              AND {key} IN (SELECT {key} FROM {attached(typed_view(entity))} WHERE _deleted)
+            """,
+            params,
+        )
+    )
+    if ctx.reconcile_deletes.get(entity):
+        # A full read saw every live record: anything stored but not seen is gone in Dynamics.
+        # Seen means staged at all: a record set aside for a value it cannot store still
+        # exists in Dynamics (the raw stage rows, not the typed view, which leaves it out).
+        deleted += _written(
+            con.execute(
+                f"""
+                UPDATE {table} t SET is_deleted = true, deleted_at = $now, last_run_id = $run
+                WHERE NOT t.is_deleted
+                  AND NOT EXISTS (SELECT 1 FROM {attached(rows_table(entity))} s
+                                  WHERE NOT s._deleted AND s._key = t.{key})
+                """,
+                params,
+            )
+        )
+    return deleted
+
+
+def _apply_accounts(
+    con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: MergeCounts, refill: bool
+) -> None:
+    """Write the accounts Dynamics added or changed, flag the deleted ones, and drop the local
+    edits Dynamics overwrote."""
+    con.execute("CREATE OR REPLACE TEMP TABLE acc_upd AS " + _staged_updates("account", "accounts"))
+    counts.accounts_upserted = _scalar(con, "SELECT count(*) FROM acc_upd")
+    _keep_accounts_before(con, ctx)
+    cols = account_columns(ctx.plan)
+    _rewrite_updated(con, ctx, "account", "accounts", "acc_upd", cols, current="acc_old")
     names = ", ".join(quote(c) for c in ["accountid", *cols, "modifiedon", "versionnumber"])
     con.execute(
         f"""
@@ -204,67 +272,45 @@ def _apply_accounts(
         """,
         {"now": ctx.now, "run": ctx.run_id},
     )
-    counts.accounts_upserted = _scalar(con, "SELECT count(*) FROM acc_upd")
-    counts.accounts_inserted = _scalar(con, "SELECT count(*) FROM acc_upd WHERE is_new")
-    # A field added to the selection: fill it on records whose version did not change.
-    added = ctx.schema.added.get("accounts", []) if refill else []
-    if added:
-        fill = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in added)
-        con.execute(
-            f"UPDATE accounts a SET {fill} FROM {attached(typed_view('account'))} s "
-            "WHERE a.accountid = s.accountid AND NOT s._deleted AND s.versionnumber = a.versionnumber"
-        )
-    counts.accounts_deleted = _mark_deleted(con, "accounts", "accountid", ctx)
-    # Rule 5: a Dynamics update made at or after a local edit overwrites it (modifiedon has
-    # second precision, so an update in the same second as the edit wins).
-    before = _scalar(con, "SELECT count(*) FROM local_edits")
+    if refill:
+        _fill_added_columns(con, "account", "accounts", ctx.schema.added.get("accounts", []))
+    counts.accounts_deleted = _mark_deleted(con, "account", "accounts", ctx)
+    counts.local_edits_overwritten = _drop_overwritten_local_edits(con)
+
+
+def _keep_accounts_before(con: duckdb.DuckDBPyConnection, ctx: MergeContext) -> None:
+    """The updated accounts as stored, read once (acc_old): their rewrite copies them, and
+    their values as contacts see them now (acc_before) tell re-propagation which columns
+    change."""
     con.execute(
-        """
-        DELETE FROM local_edits e USING acc_upd s
-        WHERE e.accountid = s.accountid AND s.modifiedon >= date_trunc('second', e.edited_at)
-        """
+        "CREATE OR REPLACE TEMP TABLE acc_old AS SELECT * FROM accounts "
+        "WHERE accountid IN (SELECT accountid FROM acc_upd WHERE NOT is_new)"
     )
-    counts.local_edits_overwritten = before - _scalar(con, "SELECT count(*) FROM local_edits")
-
-
-def _mark_deleted(con: duckdb.DuckDBPyConnection, table: str, key: str, ctx: MergeContext) -> int:
-    entity = "account" if table == "accounts" else "contact"
-    before = _scalar(con, f"SELECT count(*) FROM {table} WHERE is_deleted")
     con.execute(
-        f"""
-        UPDATE {table} SET is_deleted = true, deleted_at = $now, last_run_id = $run
-        WHERE NOT is_deleted
-          AND {key} IN (SELECT {key} FROM {attached(typed_view(entity))} WHERE _deleted)
-        """,
-        {"now": ctx.now, "run": ctx.run_id},
+        "CREATE OR REPLACE TEMP TABLE acc_before AS "
+        + effective_accounts_sql(ctx.plan.synced("account"), source="acc_old")
     )
-    if ctx.reconcile_deletes.get(entity):
-        # A full read saw every live record: anything stored but not seen is gone in Dynamics.
-        # Seen means staged at all: a record set aside for a value it cannot store still
-        # exists in Dynamics (the raw stage rows, not the typed view, which leaves it out).
+
+
+def _drop_overwritten_local_edits(con: duckdb.DuckDBPyConnection) -> int:
+    """Rule 5: a Dynamics update made at or after a local edit overwrites it (modifiedon has
+    second precision, so an update in the same second as the edit wins). Returns how many."""
+    return _written(
         con.execute(
-            f"""
-            UPDATE {table} t SET is_deleted = true, deleted_at = $now, last_run_id = $run
-            WHERE NOT t.is_deleted
-              AND NOT EXISTS (SELECT 1 FROM {attached(rows_table(entity))} s
-                              WHERE NOT s._deleted AND s._key = t.{key})
-            """,
-            {"now": ctx.now, "run": ctx.run_id},
+            """
+            DELETE FROM local_edits e USING acc_upd s
+            WHERE e.accountid = s.accountid AND s.modifiedon >= date_trunc('second', e.edited_at)
+            """
         )
-    return _scalar(con, f"SELECT count(*) FROM {table} WHERE is_deleted") - before
-
-
-def _new_contact_columns(ctx: MergeContext) -> tuple[list[str], list[str]]:
-    membership = ["accountid", "parentcustomerid", "parentcustomerid_type"]
-    names = ["contactid", *membership, *contact_columns(ctx.plan), "modifiedon", "versionnumber"]
-    return names, account_columns(ctx.plan)
+    )
 
 
 def _insert_new_contacts(
     con: duckdb.DuckDBPyConnection, ctx: MergeContext, source: str, account_filter: str
 ) -> None:
     """Rule 4: a new contact takes its account's values as part of the record (no activity)."""
-    names, acc = _new_contact_columns(ctx)
+    names = ["contactid", *MEMBERSHIP, *contact_columns(ctx.plan), "modifiedon", "versionnumber"]
+    acc = account_columns(ctx.plan)
     target = ", ".join(quote(c) for c in [*names, *(f"account_{c}" for c in acc)])
     values = ", ".join([*(f"s.{quote(c)}" for c in names), *(f"eff.{quote(c)}" for c in acc)])
     eff = effective_accounts_sql(ctx.plan.synced("account"), account_filter)
@@ -284,45 +330,22 @@ def _insert_first_contacts(
     """The first load of contacts: straight from the stage, without an upsert set."""
     live = f"(SELECT * FROM {attached(typed_view('contact'))} WHERE NOT _deleted)"
     _insert_new_contacts(con, ctx, live, "")
-    counts.contacts_inserted = counts.contacts_upserted = _scalar(
-        con, "SELECT count(*) FROM contacts"
-    )
+    counts.contacts_upserted = _scalar(con, "SELECT count(*) FROM contacts")
 
 
-def _apply_contacts(
-    con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: MergeCounts, refill: bool
-) -> None:
-    own = contact_columns(ctx.plan)
+def _apply_contacts(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: MergeCounts) -> None:
+    """Write the contacts Dynamics added or changed and flag the deleted ones. con_upd keeps
+    each contact's account before this cycle: re-propagation needs it."""
+    stored = ", t.accountid AS old_accountid, coalesce(t.is_deleted, false) AS was_deleted"
     con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE con_upd AS
-        SELECT s.*, c.contactid IS NULL AS is_new, c.accountid AS old_accountid,
-               coalesce(c.is_deleted, false) AS was_deleted
-        FROM {attached(typed_view("contact"))} s LEFT JOIN contacts c USING (contactid)
-        WHERE NOT s._deleted
-          AND (c.contactid IS NULL OR s.versionnumber > c.versionnumber
-               OR (c.is_deleted AND s.versionnumber >= c.versionnumber))
-        """
+        "CREATE OR REPLACE TEMP TABLE con_upd AS " + _staged_updates("contact", "contacts", stored)
     )
-    membership = ["accountid", "parentcustomerid", "parentcustomerid_type"]
     counts.contacts_upserted = _scalar(con, "SELECT count(*) FROM con_upd")
-    counts.contacts_inserted = _scalar(con, "SELECT count(*) FROM con_upd WHERE is_new")
-    if counts.contacts_upserted > counts.contacts_inserted:
-        rewrite_rows(
-            con,
-            "contacts",
-            "contactid",
-            {
-                **{c: f"v.{quote(c)}" for c in [*membership, *own, "modifiedon", "versionnumber"]},
-                "is_deleted": "false",
-                "deleted_at": "NULL",
-                "last_synced_at": "$now",
-                "last_run_id": "$run",
-            },
-            "(SELECT * FROM con_upd WHERE NOT is_new)",
-            params={"now": ctx.now, "run": ctx.run_id},
-        )
-    if counts.contacts_inserted:
+    inserted = _scalar(con, "SELECT count(*) FROM con_upd WHERE is_new")
+    if counts.contacts_upserted > inserted:
+        own = [*MEMBERSHIP, *contact_columns(ctx.plan)]
+        _rewrite_updated(con, ctx, "contact", "contacts", "con_upd", own)
+    if inserted:
         _insert_new_contacts(
             con,
             ctx,
@@ -330,13 +353,24 @@ def _apply_contacts(
             "WHERE a.accountid IN (SELECT accountid FROM con_upd WHERE is_new)",
         )
     added = [c for c in ctx.schema.added.get("contacts", []) if not c.startswith("account_")]
-    if added and refill:
-        fill = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in added)
-        con.execute(
-            f"UPDATE contacts c SET {fill} FROM {attached(typed_view('contact'))} s "
-            "WHERE c.contactid = s.contactid AND NOT s._deleted AND s.versionnumber = c.versionnumber"
-        )
-    counts.contacts_deleted = _mark_deleted(con, "contacts", "contactid", ctx)
+    _fill_added_columns(con, "contact", "contacts", added)
+    counts.contacts_deleted = _mark_deleted(con, "contact", "contacts", ctx)
+
+
+# ---- account values onto contacts (rules 4, 6, 7) -----------------------------------------
+
+
+def _old(column: str) -> str:
+    return quote("old_" + column)
+
+
+def _new(column: str) -> str:
+    return quote("new_" + column)
+
+
+def _differs(column: str, alias: str = "") -> str:
+    """A contact's old and new copy of an account column differ (prop_vals' old_/new_ pair)."""
+    return f"{alias}{_old(column)} IS DISTINCT FROM {alias}{_new(column)}"
 
 
 def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: MergeCounts) -> None:
@@ -357,27 +391,48 @@ def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: Merg
     A contact that joins, moves, leaves or is restored is read in every column: it carries
     another account's values, or old ones.
     """
-    fields = ctx.plan.synced("account")
     cols = account_columns(ctx.plan)
-    repointed = "NOT is_new AND (old_accountid IS DISTINCT FROM accountid OR was_deleted)"
     if not cols or not _scalar(
         con,
-        f"SELECT (SELECT count(*) FROM acc_upd) + (SELECT count(*) FROM con_upd WHERE {repointed})",
+        "SELECT (SELECT count(*) FROM acc_upd) "
+        f"+ (SELECT count(*) FROM con_upd u WHERE {REPOINTED})",
     ):
         return  # no account changed, no contact changed account: nothing to propagate
-    # The values contacts take. An updated account's new values are its staged ones (its
-    # rewrite copied them); only the accounts contacts moved into are read from the table.
+    _values_after(con, ctx, cols)
+    changing = _changing_columns(con, cols)
+    in_place = len(changing) <= IN_PLACE_MAX_COLUMNS
+    # In place, the old values of the changing columns are read as the contacts are found;
+    # a rewrite reads the touched contacts whole instead.
+    carried = changing if in_place else []
+    _find_members(con, carried)
+    _find_contacts_to_update(con, cols, carried, in_place)
+    counts.contacts_repropagated = _scalar(con, "SELECT count(*) FROM prop")
+    if counts.contacts_repropagated == 0:
+        return
+    _old_and_new_values(con, ctx, cols, carried, in_place)
+    _log_changes(con, ctx, counts)
+    _write_new_values(con, cols, in_place)
+
+
+def _values_after(con: duckdb.DuckDBPyConnection, ctx: MergeContext, cols: list[str]) -> None:
+    """acc_after: the values contacts take. An updated account's new values are its staged
+    ones (its rewrite copied them); only the accounts contacts moved into are read from the
+    table."""
     names = ", ".join(quote(c) for c in ["accountid", *cols])
     now_values = (
         f"(SELECT {names} FROM acc_upd UNION ALL SELECT {names} FROM accounts "
-        f"WHERE accountid IN (SELECT accountid FROM con_upd WHERE {repointed}) "
+        f"WHERE accountid IN (SELECT u.accountid FROM con_upd u WHERE {REPOINTED}) "
         "AND accountid NOT IN (SELECT accountid FROM acc_upd))"
     )
     con.execute(
         "CREATE OR REPLACE TEMP TABLE acc_after AS "
-        + effective_accounts_sql(fields, source=now_values)
+        + effective_accounts_sql(ctx.plan.synced("account"), source=now_values)
     )
-    differs = con.execute(
+
+
+def _changing_columns(con: duckdb.DuckDBPyConnection, cols: list[str]) -> list[str]:
+    """The account columns whose value (local edits included) changes on an updated account."""
+    differing = con.execute(
         "SELECT "
         + ", ".join(
             f"count(*) FILTER (WHERE b.{quote(c)} IS DISTINCT FROM n.{quote(c)})" for c in cols
@@ -385,25 +440,38 @@ def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: Merg
         + " FROM acc_after n LEFT JOIN acc_before b ON b.accountid = n.accountid"
         " WHERE n.accountid IN (SELECT accountid FROM acc_upd)"
     ).fetchone()
-    read = {c for c, k in zip(cols, differs, strict=True) if k}
-    in_place = len(read) <= IN_PLACE_MAX_COLUMNS
-    old = {c: quote("old_" + c) for c in cols}
-    carried = [c for c in cols if c in read] if in_place else []
-    member_olds = "".join(f", c.{quote('account_' + c)} AS {old[c]}" for c in carried)
-    # The live contacts of the updated accounts, found in one scan: they are both the contacts
-    # to re-propagate and the counts for the contact limit.
+    return [c for c, n in zip(cols, differing, strict=True) if n]
+
+
+def _find_members(con: duckdb.DuckDBPyConnection, carried: list[str]) -> None:
+    """members: the live contacts of the updated accounts, found in one scan, with their old
+    values of the `carried` columns. They are both the contacts to re-propagate and the counts
+    for the contact limit."""
+    olds = "".join(f", c.{quote('account_' + c)} AS {_old(c)}" for c in carried)
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE members AS
-        SELECT c.contactid, c.accountid, c.rowid AS _row, a.modifiedon{member_olds}
+        SELECT c.contactid, c.accountid, c.rowid AS _row, a.modifiedon{olds}
         FROM contacts c JOIN acc_upd a ON c.accountid = a.accountid
         WHERE NOT c.is_deleted
         """
     )
-    moved_olds = kept_olds = ""
+
+
+def _find_contacts_to_update(
+    con: duckdb.DuckDBPyConnection, cols: list[str], carried: list[str], in_place: bool
+) -> None:
+    """prop: every contact whose account values may change, with the reason and the account
+    it had (and, in place, its old values): the repointed contacts, in every column, and the
+    other members of the updated accounts, in the `carried` columns."""
+    repointed_olds = members_olds = ""
     if in_place:
-        moved_olds = "".join(f", c.{quote('account_' + c)} AS {old[c]}" for c in cols)
-        kept_olds = "".join(f", m.{old[c]}" if c in read else f", NULL AS {old[c]}" for c in cols)
+        repointed_olds = "".join(f", c.{quote('account_' + c)} AS {_old(c)}" for c in cols)
+        members_olds = "".join(
+            f", m.{_old(c)}" if c in carried else f", NULL AS {_old(c)}" for c in cols
+        )
+    # New contacts took their account's values when inserted; repointed ones are the first
+    # half of the union.
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE prop AS
@@ -412,29 +480,38 @@ def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: Merg
                     WHEN u.old_accountid IS NULL THEN {literal(REASON_JOINED)}
                     WHEN u.accountid IS NULL THEN {literal(REASON_LEFT)}
                     ELSE {literal(REASON_MOVED)} END AS reason,
-               u.modifiedon AS occurred_at, false AS account_change, c.rowid AS _row{moved_olds}
+               u.modifiedon AS occurred_at, false AS account_change,
+               c.rowid AS _row{repointed_olds}
         FROM con_upd u JOIN contacts c USING (contactid)
-        WHERE NOT u.is_new AND (u.old_accountid IS DISTINCT FROM u.accountid OR u.was_deleted)
+        WHERE {REPOINTED}
         UNION ALL
         SELECT m.contactid, m.accountid, m.accountid, {literal(REASON_ACCOUNT_UPDATED)},
-               m.modifiedon, true, m._row{kept_olds}
+               m.modifiedon, true, m._row{members_olds}
         FROM members m
         WHERE NOT EXISTS (SELECT 1 FROM con_upd u WHERE u.contactid = m.contactid
-                          AND (u.is_new OR u.was_deleted
-                               OR u.old_accountid IS DISTINCT FROM u.accountid))
+                          AND (u.is_new OR {REPOINTED}))
         """
     )
-    counts.contacts_repropagated = _scalar(con, "SELECT count(*) FROM prop")
-    if counts.contacts_repropagated == 0:
-        return
+
+
+def _old_and_new_values(
+    con: duckdb.DuckDBPyConnection,
+    ctx: MergeContext,
+    cols: list[str],
+    carried: list[str],
+    in_place: bool,
+) -> None:
+    """prop_vals: each contact of prop with its old and new account values, its account's
+    contact count, and whether the contact limit suppresses its activity."""
     if in_place:
+        # A column that does not change on an updated account already holds the new value.
         olds = ", ".join(
-            f"p.{old[c]}"
-            if c in read
-            else f"CASE WHEN p.account_change THEN eff.{quote(c)} ELSE p.{old[c]} END AS {old[c]}"
+            f"p.{_old(c)}"
+            if c in carried
+            else f"CASE WHEN p.account_change THEN eff.{quote(c)} ELSE p.{_old(c)} END AS {_old(c)}"
             for c in cols
         )
-        kept, joined = f"p.* EXCLUDE ({', '.join(old.values())})", ""
+        kept, joined = f"p.* EXCLUDE ({', '.join(_old(c) for c in cols)})", ""
     else:
         # The touched contacts, whole, in one pass: their old values here and their rewrite
         # at the end both read this copy.
@@ -442,9 +519,9 @@ def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: Merg
             "CREATE OR REPLACE TEMP TABLE touched AS "
             "SELECT * FROM contacts WHERE rowid IN (SELECT _row FROM prop)"
         )
-        olds = ", ".join(f"c.{quote('account_' + c)} AS {old[c]}" for c in cols)
+        olds = ", ".join(f"c.{quote('account_' + c)} AS {_old(c)}" for c in cols)
         kept, joined = "p.*", "JOIN touched c USING (contactid)"
-    news = ", ".join(f"eff.{quote(c)} AS {quote('new_' + c)}" for c in cols)
+    news = ", ".join(f"eff.{quote(c)} AS {_new(c)}" for c in cols)
     # Rule 7: the limit is checked against the account's contacts after this cycle's moves.
     con.execute(
         f"""
@@ -458,95 +535,100 @@ def _repropagate(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: Merg
         """,
         {"limit": ctx.contact_limit},
     )
+
+
+def _log_changes(con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: MergeCounts) -> None:
+    """Rules 6 and 7: an activity row per contact per field whose value changes, or, for an
+    account over the contact limit, a suppression row instead. A field new to the selection
+    takes its first values without activity."""
     fresh = ctx.schema.new_account_fields()
-    logged_fields = [f for f in fields if f.name not in fresh]
-    logged = [f.name for f in logged_fields]
-    if logged:
-        # Rows that are logged get their text values; suppressed ones are only counted.
-        diffs = " UNION ALL ".join(
-            f"SELECT contactid, coalesce(new_accountid, old_accountid) AS accountid, "
-            f"{literal(f.name)} AS attribute, {_logged_value(f, 'old_')} AS old_value, "
-            f"{_logged_value(f, 'new_')} AS new_value, reason, occurred_at "
-            f"FROM prop_vals WHERE NOT suppressed "
-            f"AND {quote('old_' + f.name)} IS DISTINCT FROM {quote('new_' + f.name)}"
-            for f in logged_fields
-        )
-        inserted = con.execute(
-            f"""
-            INSERT INTO activity_log (activity_type, contactid, accountid, attribute, old_value,
-                new_value, source, reason, occurred_at, run_id, logged_at)
-            SELECT {literal(ACTIVITY_TYPE)}, contactid, accountid, attribute, old_value, new_value,
-                   {literal(SOURCE_SYNC)}, reason, occurred_at, $run, $now
-            FROM ({diffs})
-            """,  # no ORDER BY: sorting 500,000 rows costs more than writing them
-            {"run": ctx.run_id, "now": ctx.now},
-        )
-        counts.activities_logged = int(inserted.fetchone()[0])  # DuckDB returns the row count
-        suppressed = " UNION ALL ".join(
-            f"SELECT new_accountid AS accountid, {literal(n)} AS attribute, count(*) AS n, "
-            f"any_value(contact_count) AS contact_count, max(occurred_at) AS occurred_at "
-            f"FROM prop_vals WHERE suppressed "
-            f"AND {quote('old_' + n)} IS DISTINCT FROM {quote('new_' + n)} GROUP BY new_accountid"
-            for n in logged
-        )
-        rows = con.execute(
-            f"""
-            SELECT CAST(accountid AS VARCHAR), any_value(contact_count), sum(n),
-                   list_sort(list(attribute)), max(occurred_at)
-            FROM ({suppressed}) GROUP BY accountid ORDER BY accountid
-            """
-        ).fetchall()
-        if rows:
-            con.executemany(
-                """
-                INSERT INTO activity_suppressions (run_id, accountid, contact_count, contact_limit,
-                    attributes, rows_suppressed, occurred_at, logged_at)
-                VALUES (?, CAST(? AS UUID), ?, ?, ?, ?, ?, ?)
-                """,
-                [
-                    [ctx.run_id, a, n, ctx.contact_limit, attrs, r, at, ctx.now]
-                    for a, n, r, attrs, at in rows
-                ],
-            )
-        counts.suppressed_accounts = [
-            {"accountid": a, "contacts": int(n), "rows_suppressed": int(r)}
-            for a, n, r, _attrs, _at in rows
-        ]
-        counts.activities_suppressed = sum(int(r[2]) for r in rows)
-    # Write only the columns, and the contacts, whose value changes: DuckDB's UPDATE costs
-    # grow with every column it touches, and most cycles change a few fields.
-    diff = {c: f"{quote('old_' + c)} IS DISTINCT FROM {quote('new_' + c)}" for c in cols}
-    qualified = {c: f"v.{quote('old_' + c)} IS DISTINCT FROM v.{quote('new_' + c)}" for c in cols}
-    changed_counts = con.execute(
-        "SELECT "
-        + ", ".join(f"count(*) FILTER (WHERE {d})" for d in diff.values())
-        + " FROM prop_vals"
-    ).fetchone()
-    changed = [c for c, n in zip(cols, changed_counts, strict=True) if n]
-    where = " OR ".join(qualified[c] for c in changed)
-    if changed and in_place:
-        sets = ", ".join(f"{quote('account_' + c)} = v.{quote('new_' + c)}" for c in changed)
-        con.execute(
-            f"UPDATE contacts c SET {sets} FROM prop_vals v WHERE c.rowid = v._row AND ({where})"
-        )
-    elif changed:
-        rewrite_rows(
-            con,
-            "contacts",
-            "contactid",
-            {f"account_{c}": f"v.{quote('new_' + c)}" for c in changed},
-            "prop_vals",
-            where=f"WHERE {where}",
-            current="touched",
-        )
-    con.execute("DROP TABLE prop_vals")
-    con.execute("DROP TABLE IF EXISTS touched")
+    logged = [f for f in ctx.plan.synced("account") if f.name not in fresh]
+    if not logged:
+        return
+    rows = " UNION ALL ".join(
+        f"SELECT contactid, coalesce(new_accountid, old_accountid) AS accountid, "
+        f"{literal(f.name)} AS attribute, {_logged_value(f, 'old_')} AS old_value, "
+        f"{_logged_value(f, 'new_')} AS new_value, reason, occurred_at "
+        f"FROM prop_vals WHERE NOT suppressed AND {_differs(f.name)}"
+        for f in logged
+    )
+    counts.activities_logged = log_activity(
+        con, rows, SOURCE_SYNC, run_id=ctx.run_id, logged_at=ctx.now
+    )
+    _log_suppressions(con, ctx, counts, [f.name for f in logged])
 
 
 def _logged_value(f: FieldSpec, prefix: str) -> str:
     """The activity text of prop_vals' old_ or new_ copy of a field (and of its label)."""
     label = quote(prefix + f.label_column) if f.label_column else None
     return activity_value_sql(quote(prefix + f.name), f.duck_type, label)
+
+
+def _log_suppressions(
+    con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: MergeCounts, names: list[str]
+) -> None:
+    """Rule 7: one row per account over the contact limit, counting the rows it kept out."""
+    per_field = " UNION ALL ".join(
+        f"SELECT new_accountid AS accountid, {literal(n)} AS attribute, count(*) AS n, "
+        f"any_value(contact_count) AS contact_count, max(occurred_at) AS occurred_at "
+        f"FROM prop_vals WHERE suppressed AND {_differs(n)} GROUP BY new_accountid"
+        for n in names
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE suppressions AS
+        SELECT accountid, any_value(contact_count) AS contact_count, sum(n) AS rows_suppressed,
+               list_sort(list(attribute)) AS attributes, max(occurred_at) AS occurred_at
+        FROM ({per_field}) GROUP BY accountid
+        """
+    )
+    con.execute(
+        """
+        INSERT INTO activity_suppressions (run_id, accountid, contact_count, contact_limit,
+            attributes, rows_suppressed, occurred_at, logged_at)
+        SELECT $run, accountid, contact_count, $limit, attributes, rows_suppressed,
+               occurred_at, $now
+        FROM suppressions ORDER BY accountid
+        """,
+        {"run": ctx.run_id, "limit": ctx.contact_limit, "now": ctx.now},
+    )
+    rows = con.execute(
+        "SELECT CAST(accountid AS VARCHAR), contact_count, rows_suppressed "
+        "FROM suppressions ORDER BY accountid"
+    ).fetchall()
+    counts.suppressed_accounts = [
+        {"accountid": a, "contacts": int(n), "rows_suppressed": int(r)} for a, n, r in rows
+    ]
+    counts.activities_suppressed = sum(int(r) for _a, _n, r in rows)
+
+
+def _write_new_values(con: duckdb.DuckDBPyConnection, cols: list[str], in_place: bool) -> None:
+    """Write only the columns, and the contacts, whose value changes: DuckDB's UPDATE costs
+    grow with every column it touches, and most cycles change a few fields."""
+    found = con.execute(
+        "SELECT "
+        + ", ".join(f"count(*) FILTER (WHERE {_differs(c)})" for c in cols)
+        + " FROM prop_vals"
+    ).fetchone()
+    changed = [c for c, n in zip(cols, found, strict=True) if n]
+    if not changed:
+        return
+    where = " OR ".join(_differs(c, "v.") for c in changed)
+    if in_place:
+        sets = ", ".join(f"{quote('account_' + c)} = v.{_new(c)}" for c in changed)
+        con.execute(
+            f"UPDATE contacts c SET {sets} FROM prop_vals v WHERE c.rowid = v._row AND ({where})"
+        )
+    else:
+        rewrite_rows(
+            con,
+            "contacts",
+            "contactid",
+            {f"account_{c}": f"v.{_new(c)}" for c in changed},
+            "prop_vals",
+            where=f"WHERE {where}",
+            current="touched",
+        )
 
 
 def _refill_new_account_columns(con: duckdb.DuckDBPyConnection, ctx: MergeContext) -> None:
