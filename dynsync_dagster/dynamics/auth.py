@@ -12,7 +12,7 @@ import requests
 from msal.exceptions import MsalServiceError
 from requests.utils import get_environ_proxies
 
-from dynsync_dagster.dynamics.errors import AuthError, DynamicsError, TransientError
+from dynsync_dagster.dynamics.errors import AuthError, DynamicsError, TransientError, first_line
 from dynsync_dagster.settings import ConnectionSettings
 
 log = logging.getLogger("dynsync.client")
@@ -50,9 +50,9 @@ _GENERIC_HINT = (
 class DynamicsSession(requests.Session):
     """A requests session that always verifies TLS against one trust store.
 
-    `trust_env` is off because REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE would otherwise silently
-    replace the configured CA bundle (doc §1.4 trap 1). Proxies from the environment are still
-    honoured, looked up per URL so that NO_PROXY keeps working.
+    `trust_env` is off because requests would otherwise let REQUESTS_CA_BUNDLE /
+    CURL_CA_BUNDLE silently replace the configured CA bundle. Proxies from the environment are
+    still honoured, looked up per URL so that NO_PROXY keeps working.
     """
 
     def __init__(self, conn: ConnectionSettings) -> None:
@@ -93,8 +93,8 @@ class _MsalHttpClient:
     """What MSAL calls for HTTP (`get`/`post`): our session, plus two fixes.
 
     - MSAL builds the user-realm discovery URL (ROPC) from the authority's host without its
-      port, so on a non-443 authority it would call port 443 (doc §1.4 trap 2, option a):
-      re-insert the configured port for that host.
+      port, so on a non-443 authority (the simulator's) it would call port 443: re-insert
+      the configured port for that host.
     - requests has no session-wide timeout, so pass one on every call.
     """
 
@@ -181,7 +181,7 @@ class TokenProvider:
                 # passed, so the caller's retry loop waiting and asking again is right.
                 raise TransientError(
                     f"the token endpoint at {self._conn.authority} is temporarily unavailable "
-                    f"({result.get('error')}: {_first_line(str(result.get('error_description') or ''))}); "
+                    f"({result.get('error')}: {first_line(str(result.get('error_description') or ''))}); "
                     "retrying later",
                     code=str(result.get("error")),
                     url=self._conn.authority,
@@ -211,7 +211,7 @@ class TokenProvider:
                     authority=self._conn.authority,
                     http_client=self._http,
                     # Never call login.microsoftonline.com for discovery: works for the real
-                    # authority too, and is required for any other (doc §1.4).
+                    # authority too, and any other authority (the simulator's) needs it.
                     instance_discovery=False,
                     token_cache=msal.TokenCache(),
                 )
@@ -227,7 +227,7 @@ class TokenProvider:
                 # MSAL: "Unable to get authority configuration" (OIDC discovery 4xx) and
                 # malformed authority URLs.
                 raise AuthError(
-                    f"the authority {self._conn.authority} was refused ({_first_line(str(exc))}): "
+                    f"the authority {self._conn.authority} was refused ({first_line(str(exc))}): "
                     "check DYNAMICS_TENANT_ID and DYNAMICS_AUTHORITY_HOST",
                     url=self._conn.authority,
                 ) from None
@@ -247,7 +247,7 @@ class TokenProvider:
 
     def _auth_error(self, result: dict[str, Any]) -> AuthError:
         error = str(result.get("error") or "unknown_error")
-        description = _first_line(str(result.get("error_description") or ""))
+        description = first_line(str(result.get("error_description") or ""))
         codes = [c for c in result.get("error_codes") or [] if isinstance(c, int)]
         hint = next((_AADSTS_HINTS[c] for c in codes if c in _AADSTS_HINTS), None)
         if hint is None:
@@ -275,10 +275,6 @@ def _tls_error(conn: ConnectionSettings, exc: Exception) -> DynamicsError:
         "uses a private CA, set DYNAMICS_CA_BUNDLE to a PEM file with that CA",
         url=conn.authority,
     )
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else ""
 
 
 def _redact(text: str, secrets: tuple[str, ...]) -> str:

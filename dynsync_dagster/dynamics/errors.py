@@ -49,3 +49,9 @@ class TransientError(DynamicsError):
 
 class PagingLoopError(DynamicsError):
     """The server returned a nextLink that was already followed (would loop forever)."""
+
+
+def first_line(text: str) -> str:
+    """The first non-blank line of a server's message: enough for an error, without its dump."""
+    stripped = text.strip()
+    return stripped.splitlines()[0] if stripped else ""

@@ -275,7 +275,7 @@ def test_tokens_and_secrets_never_reach_logs_or_errors(
         sim.faults.inject("503", times=None, path_contains="WhoAmI", retry_after=0)
         with pytest.raises(TransientError) as info:
             client.whoami()
-        token = client._tokens.get_token()
+        token = client._transport.tokens.get_token()
     for text in (caplog.text, str(info.value), repr(info.value), repr(client), repr(conn)):
         assert token not in text
         for secret in conn.secrets:
