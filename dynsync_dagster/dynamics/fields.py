@@ -22,6 +22,8 @@ SYSTEM_FIELDS = {
     "contact": ("contactid", "parentcustomerid", "accountid", "modifiedon", "versionnumber"),
 }
 
+_ALWAYS_SYNCED = "always synced: a key, version or membership column dynsync maintains itself"
+
 SYSTEM_ADMINISTRATOR = "System Administrator"
 CAN_READ_ALLOWED = 4  # field_security_permission_type: 0 Not Allowed, 4 Allowed
 
@@ -177,8 +179,6 @@ def resolve_fields(
     before = set(previously_synced)
     warnings: list[str] = []
     user_id, is_admin, readable_secured = _sync_user_access(source, warnings)
-    unknown: dict[str, list[str]] = {}
-    known: dict[str, list[str]] = {}
     plan = FieldPlan(
         fields={},
         decisions=[],
@@ -187,69 +187,87 @@ def resolve_fields(
         sync_user_is_admin=is_admin,
         warnings=warnings,
     )
+    unknown: dict[str, list[str]] = {}
+    known: dict[str, list[str]] = {}
     for entity in ENTITIES:
-        definition = source.entity_definition(entity)
-        plan.change_tracking[entity] = bool(definition.get("ChangeTrackingEnabled"))
-        attrs = {a["LogicalName"]: a for a in source.attributes(entity)}
-        known[entity] = list(attrs)
-        extras = _type_details(source, entity, attrs, selection[entity])
-        specs: list[FieldSpec] = []
-        for name in selection[entity]:
-            attr = attrs.get(name)
-            if attr is None:
-                if (entity, name) in before:
-                    reason = (
-                        "deleted in Dynamics: the attribute no longer exists in the org metadata"
-                    )
-                    plan.warnings.append(f"{entity}.{name} was {reason}; it stops syncing")
-                    plan.decisions.append(
-                        FieldDecision(entity, name, True, False, False, False, reason)
-                    )
-                else:
-                    unknown.setdefault(entity, []).append(name)
-                continue
+        missing, known[entity] = _resolve_entity(
+            source, plan, entity, selection[entity], before, readable_secured
+        )
+        if missing:
+            unknown[entity] = missing
+    if unknown:
+        raise FieldSelectionError(_unknown_message(unknown, known))
+    return plan
+
+
+def _resolve_entity(
+    source: MetadataSource,
+    plan: FieldPlan,
+    entity: str,
+    selected: Sequence[str],
+    before: set[tuple[str, str]],
+    readable_secured: set[str] | None,
+) -> tuple[list[str], list[str]]:
+    """Add one entity's change tracking, synced fields and decisions to `plan`.
+
+    Returns the selected names the org does not have (and never synced), and the names it has.
+    """
+    definition = source.entity_definition(entity)
+    plan.change_tracking[entity] = bool(definition.get("ChangeTrackingEnabled"))
+    attrs = {a["LogicalName"]: a for a in source.attributes(entity)}
+    extras = _type_details(source, entity, attrs, selected)
+    specs: list[FieldSpec] = []
+    unknown: list[str] = []
+    for name in selected:
+        attr = attrs.get(name)
+        if attr is not None:
             decision, spec = _decide(
-                entity, name, attr, extras.get(name, {}), is_admin, readable_secured
+                entity, name, attr, extras.get(name, {}), plan.sync_user_is_admin, readable_secured
             )
             plan.decisions.append(decision)
             if spec is not None:
                 specs.append(spec)
-        plan.fields[entity] = specs
-        chosen = set(selection[entity])
-        for name, attr in attrs.items():
-            if name in chosen:
-                continue
-            readable = (
-                bool(attr.get("IsValidForRead"))
-                and not attr.get("AttributeOf")
-                and (
-                    not attr.get("IsSecured")
-                    or is_admin
-                    or str(attr.get("MetadataId", "")).lower() in (readable_secured or ())
-                )
-            )
-            type_name = (attr.get("AttributeTypeName") or {}).get("Value")
-            reason = (
-                "always synced: a key, version or membership column dynsync maintains itself"
-                if name in SYSTEM_FIELDS[entity]
-                else "not selected in the settings file"
-            )
-            plan.decisions.append(
-                FieldDecision(
-                    entity,
-                    name,
-                    False,
-                    True,
-                    readable,
-                    name in SYSTEM_FIELDS[entity],
-                    reason,
-                    type_name,
-                    bool(attr.get("IsSecured")),
-                )
-            )
-    if unknown:
-        raise FieldSelectionError(_unknown_message(unknown, known))
-    return plan
+        elif (entity, name) in before:
+            reason = "deleted in Dynamics: the attribute no longer exists in the org metadata"
+            plan.warnings.append(f"{entity}.{name} was {reason}; it stops syncing")
+            plan.decisions.append(FieldDecision(entity, name, True, False, False, False, reason))
+        else:
+            unknown.append(name)
+    plan.fields[entity] = specs
+    chosen = set(selected)
+    plan.decisions += [
+        _not_selected(entity, name, attr, plan.sync_user_is_admin, readable_secured)
+        for name, attr in attrs.items()
+        if name not in chosen
+    ]
+    return unknown, list(attrs)
+
+
+def _not_selected(
+    entity: str, name: str, attr: Mapping, is_admin: bool, readable_secured: set[str] | None
+) -> FieldDecision:
+    """The decision row of an attribute the settings do not select: only system fields sync."""
+    readable = (
+        bool(attr.get("IsValidForRead"))
+        and not attr.get("AttributeOf")
+        and (
+            not attr.get("IsSecured")
+            or is_admin
+            or str(attr.get("MetadataId", "")).lower() in (readable_secured or ())
+        )
+    )
+    is_system = name in SYSTEM_FIELDS[entity]
+    return FieldDecision(
+        entity,
+        name,
+        False,
+        True,
+        readable,
+        is_system,
+        _ALWAYS_SYNCED if is_system else "not selected in the settings file",
+        (attr.get("AttributeTypeName") or {}).get("Value"),
+        bool(attr.get("IsSecured")),
+    )
 
 
 def _sync_user_access(
@@ -327,9 +345,7 @@ def _decide(
         ), None
 
     if name in SYSTEM_FIELDS[entity]:
-        return no(
-            "always synced: a key, version or membership column dynsync maintains itself", True
-        )
+        return no(_ALWAYS_SYNCED, True)
     if attr.get("AttributeOf"):
         return no(
             f"a name column of {attr['AttributeOf']} (not a Web API property); select "
