@@ -255,7 +255,7 @@ def publish_targets(figs: dict[str, Figure]) -> list[Row]:
 def render(
     args: argparse.Namespace, out: dict[str, Any], started: datetime, elapsed_s: float
 ) -> str:
-    """RESULTS.md: a preamble, then SECTIONS in order, then the notes."""
+    """RESULTS.md: a preamble, then SECTIONS in order."""
     figs: dict[str, Figure] = out["figures"]
     meta = out["meta"]
     bodies = (
@@ -270,8 +270,6 @@ def render(
     lines = ["# dynsync benchmark results", "", _preamble(args, started, elapsed_s)]
     for heading, body in zip(SECTIONS, bodies, strict=True):
         lines += ["", heading, "", *body]
-    for note in out["notes"]:
-        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 

@@ -119,11 +119,12 @@ def store_query(db: Path, sql: str, params: list | None = None) -> list[tuple]:
 
 
 class Scenarios:
+    """Each figure's measurement: what changes in Dynamics before it, and the child it runs."""
+
     def __init__(self, args: argparse.Namespace, bench: Bench) -> None:
         self.args = args
         self.bench = bench
         self.counter = Counter()
-        self.notes: list[str] = []
 
     def cycle_payload(self, db: Path, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
         return {"db": str(db), "config": str(CONFIG), "limit": limit}
@@ -319,7 +320,7 @@ SMALL_STORE_FIGURES = ("small_full", "small_incremental")
 
 
 def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Every figure: {"figures": {key: Figure}, "meta": {...}, "notes": [...]}."""
+    """Every figure: {"figures": {key: Figure}, "meta": {...}}."""
     bench = Bench(work, args.child_timeout)
     sc = Scenarios(args, bench)
     big, small = store_sizes(args)
@@ -336,7 +337,7 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     # dynsync figure, on either store, should meet the same quiet machine.
     for label, sizes in (("small", small), ("big", big)):
         on_simulator(sc, label, sizes, figs, meta, with_peer=peer_reason is None)
-    return {"figures": figs, "meta": meta, "notes": sc.notes}
+    return {"figures": figs, "meta": meta}
 
 
 def store_sizes(args: argparse.Namespace) -> tuple[Sizes, Sizes]:
