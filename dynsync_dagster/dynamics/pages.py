@@ -60,11 +60,10 @@ class ArrowDecoder:
         fields: dict[str, pa.DataType] = {}
         for name, arrow_type in (*properties, *DELETION_FIELDS):
             fields.setdefault(name, arrow_type)
-        self.row_fields = list(fields.items())
         self._parse = pa_json.ParseOptions(
             explicit_schema=pa.schema(
                 [
-                    ("value", pa.list_(pa.struct(self.row_fields))),
+                    ("value", pa.list_(pa.struct(list(fields.items())))),
                     ("@odata.nextLink", pa.string()),
                     ("@odata.deltaLink", pa.string()),
                     ("@odata.context", pa.string()),
