@@ -22,10 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dynsync_dagster.dynamics.client import Page
-from dynsync_dagster.dynamics.fields import PRIMARY_KEY, FieldPlan, FieldSpec
+from dynsync_dagster.dynamics.fields import ENTITIES, PRIMARY_KEY, FieldPlan, FieldSpec
 from dynsync_dagster.dynamics.pages import ArrowDecoder, is_deleted_row
 from dynsync_dagster.store.connection import configure, owner_only
-from dynsync_dagster.store.schema import insert_values
+from dynsync_dagster.store.schema import insert_values, literal, quote
 
 LOOKUP_TABLE = "@Microsoft.Dynamics.CRM.lookuplogicalname"
 # The only annotation a cycle asks for: which table a lookup points to. Choice labels come
@@ -51,6 +51,8 @@ CHECKPOINT_PAGES = 10  # pages per stage commit during a full read
 # The stage's tables, named here only. A cycle attaches the stage file to the store as STAGE.
 STAGE = "stage"
 CHOICE_LABELS = "choice_options"  # entity, attribute, code, label of every synced choice
+SIGNATURE = "stage_info"  # the field plan the stage was made for
+PROGRESS = "progress"  # each entity's checkpoint of a full read
 
 
 def rows_table(entity: str) -> str:
@@ -134,8 +136,8 @@ class Stage:
 
     path: Path
     plan: FieldPlan
-    rows: dict[str, int] = field(default_factory=lambda: {"account": 0, "contact": 0})
-    deleted: dict[str, int] = field(default_factory=lambda: {"account": 0, "contact": 0})
+    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ENTITIES, 0))
+    deleted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ENTITIES, 0))
     _con: duckdb.DuckDBPyConnection | None = None
     _seq: int = 0
     _in_transaction: bool = False
@@ -145,10 +147,10 @@ class Stage:
 
     def __post_init__(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._columns = {e: stage_columns(e, self.plan.synced(e)) for e in ("account", "contact")}
+        self._columns = {e: stage_columns(e, self.plan.synced(e)) for e in ENTITIES}
         # stage column -> the DuckDB type it is stored as (the store's type for field values)
-        self._types = {e: _stored_types(e, self.plan) for e in ("account", "contact")}
-        self._typing = {e: self._typing_sql(e) for e in ("account", "contact")}
+        self._types = {e: _stored_types(e, self.plan) for e in ENTITIES}
+        self._typing = {e: self._typing_sql(e) for e in ENTITIES}
         signature = self._signature()
         if not self._reopen(signature):
             self._create(signature)
@@ -184,18 +186,16 @@ class Stage:
         except duckdb.Error:
             return False
         try:
-            found = con.execute("SELECT signature FROM stage_info").fetchone()
+            found = con.execute(f"SELECT signature FROM {SIGNATURE}").fetchone()
             if found is None or found[0] != signature:
                 con.close()
                 return False
-            for entity in ("account", "contact"):
+            for entity in ENTITIES:
                 con.execute(f"DROP VIEW IF EXISTS {typed_view(entity)}")
                 con.execute(f"DROP TABLE IF EXISTS {rejects_table(entity)}")
+            last = " UNION ALL ".join(f"SELECT max(_seq) m FROM {rows_table(e)}" for e in ENTITIES)
             self._seq = int(
-                con.execute(
-                    "SELECT coalesce(max(m), 0) + 1 FROM (SELECT max(_seq) m FROM stage_account "
-                    "UNION ALL SELECT max(_seq) FROM stage_contact)"
-                ).fetchone()[0]
+                con.execute(f"SELECT coalesce(max(m), 0) + 1 FROM ({last})").fetchone()[0]
             )
         except duckdb.Error:
             con.close()
@@ -207,10 +207,10 @@ class Stage:
         for p in (self.path, self.path.with_name(self.path.name + ".wal")):
             p.unlink(missing_ok=True)
         self._con = self._connect()
-        self._con.execute("CREATE TABLE stage_info (signature VARCHAR)")
-        self._con.execute("INSERT INTO stage_info VALUES (?)", [signature])
+        self._con.execute(f"CREATE TABLE {SIGNATURE} (signature VARCHAR)")
+        self._con.execute(f"INSERT INTO {SIGNATURE} VALUES (?)", [signature])
         self._con.execute(
-            "CREATE TABLE progress (entity VARCHAR, mode VARCHAR, select_list VARCHAR, "
+            f"CREATE TABLE {PROGRESS} (entity VARCHAR, mode VARCHAR, select_list VARCHAR, "
             "resume_link VARCHAR, delta_link VARCHAR, complete BOOLEAN, started_at TIMESTAMPTZ)"
         )
         for entity, cols in self._columns.items():
@@ -226,7 +226,7 @@ class Stage:
         self._write_progress()
         row = self._con.execute(
             "SELECT mode, select_list, resume_link, delta_link, complete, started_at "
-            "FROM progress WHERE entity = ?",
+            f"FROM {PROGRESS} WHERE entity = ?",
             [entity],
         ).fetchone()
         return Progress(*row) if row else None
@@ -246,10 +246,10 @@ class Stage:
             return
         con = self._write()
         for entity, progress in self._pending_progress.items():
-            con.execute("DELETE FROM progress WHERE entity = ?", [entity])
+            con.execute(f"DELETE FROM {PROGRESS} WHERE entity = ?", [entity])
             if progress is not None:
                 con.execute(
-                    "INSERT INTO progress VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO {PROGRESS} VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [
                         entity,
                         progress.mode,
@@ -292,7 +292,7 @@ class Stage:
                 self._con.execute("ROLLBACK")
             self._in_transaction = False
             self._pending_progress.clear()
-        return bool(self._con.execute("SELECT count(*) FROM progress").fetchone()[0])
+        return bool(self._con.execute(f"SELECT count(*) FROM {PROGRESS}").fetchone()[0])
 
     def count(self, entity: str) -> None:
         """Re-count what a resumed stage already holds."""
@@ -336,7 +336,7 @@ class Stage:
         if page.table is not None:
             self._add_table(entity, page.table)
         else:
-            self.add_rows(entity, page.rows)
+            self._add_rows(entity, page.rows)
 
     def _add_table(self, entity: str, rows: pa.Table) -> None:
         """A page the client decoded to Arrow: the columns are typed already."""
@@ -351,7 +351,7 @@ class Stage:
         arrays = {c.name: rows.column(c.source) for c in self._columns[entity]}
         self._append(entity, arrays, rows.num_rows, gone)
 
-    def add_rows(self, entity: str, rows: list[dict]) -> None:
+    def _add_rows(self, entity: str, rows: list[dict]) -> None:
         """Column-wise copy of one page: one list comprehension per column, no per-row branching."""
         if not rows:
             return
@@ -393,7 +393,7 @@ class Stage:
         assert self._con is not None
         self._pending_progress.pop(entity, None)
         self._con.execute(f"DELETE FROM {rows_table(entity)}")
-        self._con.execute("DELETE FROM progress WHERE entity = ?", [entity])
+        self._con.execute(f"DELETE FROM {PROGRESS} WHERE entity = ?", [entity])
         self.rows[entity] = 0
         self.deleted[entity] = 0
 
@@ -407,13 +407,26 @@ class Stage:
         """Views of the typed rows, de-duplicated (the last sighting of each id wins); close.
 
         A record with a value its column type cannot hold (a malformed GUID or date, a number
-        out of range; found as the page was staged) is set aside in err_<entity> instead of
-        failing the cycle: the sync goes on and the record shows up in `sync_errors`.
+        out of range; found as the page was staged) is set aside in rejects_table(entity)
+        instead of failing the cycle: the sync goes on and the record shows up in
+        `sync_errors`.
 
         Done here, in the stage file, because one DuckDB transaction may write only one
         attached database: the store's transaction then only reads from the stage.
         """
         self.commit()
+        assert self._con is not None
+        self._write_choice_labels()
+        for entity in ENTITIES:
+            self._con.execute(
+                f"CREATE TABLE {rejects_table(entity)} AS SELECT id, _problems AS problems "
+                f"FROM {rows_table(entity)} WHERE NOT _deleted AND _problems IS NOT NULL"
+            )
+            self._create_typed_view(entity)
+        self.close()
+
+    def _write_choice_labels(self) -> None:
+        """Every option of the synced choices, for the typed views' labels."""
         assert self._con is not None
         self._con.execute(
             f"CREATE OR REPLACE TABLE {CHOICE_LABELS} "
@@ -421,52 +434,51 @@ class Stage:
         )
         options = [
             (e, f.name, v, label)
-            for e in ("account", "contact")
+            for e in ENTITIES
             for f in self.plan.synced(e)
             for v, label in f.options
         ]
         insert_values(self._con, CHOICE_LABELS, options)
-        for entity in ("account", "contact"):
-            key = PRIMARY_KEY[entity]
-            self._con.execute(
-                f"CREATE TABLE {rejects_table(entity)} AS SELECT id, _problems AS problems "
-                f"FROM {rows_table(entity)} WHERE NOT _deleted AND _problems IS NOT NULL"
-            )
-            typed = [f'_key AS "{key}"']
-            if entity == "contact":
-                typed += [
-                    "parentcustomerid",
-                    "parentcustomerid_type",
-                    "CASE WHEN parentcustomerid_type = 'account' THEN parentcustomerid END "
-                    "AS accountid",
-                ]
-            for f in self.plan.synced(entity):
-                typed += [f'"{c}"' for c, _t in f.columns() if c != f.label_column]
-                if f.label_column:
-                    typed.append(
-                        f"(SELECT o.label FROM {CHOICE_LABELS} o WHERE o.entity = '{entity}' "
-                        f"AND o.field = '{f.name}' AND o.value = \"{f.name}\") "
-                        f'AS "{f.label_column}"'
-                    )
-            typed += ["modifiedon", "versionnumber", "_deleted"]
-            # The last sighting of an id wins. Duplicates are rare (a resumed or re-polled
-            # read), so the de-duplication runs only when there are any.
-            unique = self._con.execute(
-                f"SELECT count(*) = count(DISTINCT id) FROM {rows_table(entity)}"
-            ).fetchone()[0]
-            latest = (
-                ""
-                if unique
-                else (f"AND _seq IN (SELECT max(_seq) FROM {rows_table(entity)} GROUP BY id)")
-            )
-            # A view, not a copy: the store's merge reads it once, and copying a million
-            # typed rows here first would cost as much as that read.
-            self._con.execute(
-                f"CREATE VIEW {typed_view(entity)} AS SELECT {', '.join(typed)} "
-                f"FROM {rows_table(entity)} "
-                f"WHERE id NOT IN (SELECT id FROM {rejects_table(entity)}) {latest}"
-            )
-        self.close()
+
+    def _create_typed_view(self, entity: str) -> None:
+        """typed_view(entity): the latest sighting of each record, without the rejected ones.
+
+        A view, not a copy: the store's merge reads it once, and copying a million typed rows
+        here first would cost as much as that read.
+        """
+        assert self._con is not None
+        rows = rows_table(entity)
+        # Duplicates are rare (a resumed or re-polled read), so the de-duplication runs only
+        # when there are any.
+        unique = self._con.execute(f"SELECT count(*) = count(DISTINCT id) FROM {rows}").fetchone()[
+            0
+        ]
+        latest = "" if unique else f"AND _seq IN (SELECT max(_seq) FROM {rows} GROUP BY id)"
+        self._con.execute(
+            f"CREATE VIEW {typed_view(entity)} AS SELECT {', '.join(self._typed_columns(entity))} "
+            f"FROM {rows} WHERE id NOT IN (SELECT id FROM {rejects_table(entity)}) {latest}"
+        )
+
+    def _typed_columns(self, entity: str) -> list[str]:
+        """The typed view's columns: the key as a UUID, a contact's account, each field's
+        columns (a choice's label looked up from its code), the version."""
+        typed = [f"_key AS {quote(PRIMARY_KEY[entity])}"]
+        if entity == "contact":
+            typed += [
+                "parentcustomerid",
+                "parentcustomerid_type",
+                "CASE WHEN parentcustomerid_type = 'account' THEN parentcustomerid END "
+                "AS accountid",
+            ]
+        for f in self.plan.synced(entity):
+            typed += [quote(c) for c, _t in f.columns() if c != f.label_column]
+            if f.label_column:
+                typed.append(
+                    f"(SELECT o.label FROM {CHOICE_LABELS} o WHERE o.entity = {literal(entity)} "
+                    f"AND o.field = {literal(f.name)} AND o.value = {quote(f.name)}) "
+                    f"AS {quote(f.label_column)}"
+                )
+        return [*typed, "modifiedon", "versionnumber", "_deleted"]
 
     def close(self) -> None:
         if self._con is not None:
