@@ -45,6 +45,62 @@ class LocalServer:
         }
 
 
+class _Server(ThreadingHTTPServer):
+    local: LocalServer  # what the handler answers with, and where it records requests
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """The authority's OpenID configuration and token endpoint; the Web API by `api`."""
+
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        server = self.server.local
+        headers = dict(self.headers.items())
+        server.requests.append(("GET", self.path, headers))
+        base = server.base_url
+        if self.path == f"/{TENANT}/v2.0/.well-known/openid-configuration":
+            self._send(
+                *json_response(
+                    {
+                        "issuer": f"{base}/{TENANT}/v2.0",
+                        "authorization_endpoint": f"{base}/{TENANT}/oauth2/v2.0/authorize",
+                        "token_endpoint": f"{base}/{TENANT}/oauth2/v2.0/token",
+                    }
+                )
+            )
+        elif server.api is not None:
+            self._send(*server.api(self.path, headers))
+        else:
+            self._send(*json_response({"error": {"code": "", "message": "no handler"}}, 404))
+
+    def do_POST(self) -> None:
+        server = self.server.local
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        server.requests.append(("POST", self.path, dict(self.headers.items())))
+        if self.path == f"/{TENANT}/oauth2/v2.0/token":
+            self._send(
+                *json_response(
+                    {"token_type": "Bearer", "expires_in": 3599, "access_token": "local-at"}
+                )
+            )
+        else:
+            self._send(*json_response({"error": {"code": "", "message": "no"}}, 405))
+
+
 def _start(tmp_dir: Path) -> tuple[LocalServer, Callable[[], None]]:
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
@@ -53,60 +109,10 @@ def _start(tmp_dir: Path) -> tuple[LocalServer, Callable[[], None]]:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(ctx)
 
-    state: dict[str, LocalServer] = {}
-
-    class _Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:
-            server = state["s"]
-            headers = dict(self.headers.items())
-            server.requests.append(("GET", self.path, headers))
-            base = server.base_url
-            if self.path == f"/{TENANT}/v2.0/.well-known/openid-configuration":
-                self._send(
-                    *json_response(
-                        {
-                            "issuer": f"{base}/{TENANT}/v2.0",
-                            "authorization_endpoint": f"{base}/{TENANT}/oauth2/v2.0/authorize",
-                            "token_endpoint": f"{base}/{TENANT}/oauth2/v2.0/token",
-                        }
-                    )
-                )
-            elif server.api is not None:
-                self._send(*server.api(self.path, headers))
-            else:
-                self._send(*json_response({"error": {"code": "", "message": "no handler"}}, 404))
-
-        def do_POST(self) -> None:
-            server = state["s"]
-            length = int(self.headers.get("Content-Length") or 0)
-            self.rfile.read(length)
-            server.requests.append(("POST", self.path, dict(self.headers.items())))
-            if self.path == f"/{TENANT}/oauth2/v2.0/token":
-                self._send(
-                    *json_response(
-                        {"token_type": "Bearer", "expires_in": 3599, "access_token": "local-at"}
-                    )
-                )
-            else:
-                self._send(*json_response({"error": {"code": "", "message": "no"}}, 405))
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd = _Server(("127.0.0.1", 0), _Handler)
     httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
     port = httpd.server_address[1]
-    state["s"] = LocalServer(base_url=f"https://127.0.0.1:{port}", ca_path=ca_path)
+    httpd.local = LocalServer(base_url=f"https://127.0.0.1:{port}", ca_path=ca_path)
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
 
@@ -114,7 +120,7 @@ def _start(tmp_dir: Path) -> tuple[LocalServer, Callable[[], None]]:
         httpd.shutdown()
         httpd.server_close()
 
-    return state["s"], stop
+    return httpd.local, stop
 
 
 @pytest.fixture
