@@ -13,6 +13,8 @@ JOB = "dynamics_sync_job"
 LOCATION = "dynsync"
 TERMINAL_RUN = {"SUCCESS", "FAILURE", "CANCELED"}
 TERMINAL_BACKFILL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+# The assets the sync job materializes.
+SYNCED = {"sync_fields", "accounts", "contacts", "activity_log", "sync_runs"}
 
 ASSET_GRAPH = """
 { assetNodes { assetKey { path } dependencyKeys { path } groupName kinds isMaterializable
@@ -119,27 +121,41 @@ def _entries(materialization: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["label"]: e for e in materialization["metadataEntries"]}
 
 
+def _lineage(entries: dict[str, dict[str, Any]]) -> dict[str, set[tuple[str, str]]]:
+    """Column -> {(asset, column)} it comes from, from a dagster/column_lineage entry."""
+    return {
+        c["columnName"]: {(_key(d["assetKey"]), d["columnName"]) for d in c["columnDeps"]}
+        for c in entries["dagster/column_lineage"]["lineage"]
+    }
+
+
 def test_dagster_dev_graph_lineage_run_and_backfill(dagster_dev: DagsterDev) -> None:
     dev = dagster_dev
+    check_asset_graph(dev)
+    repository = _repository(dev)
+    today = _day(0)
+    run = run_todays_partition(dev, repository, today)
+    check_lineage_and_metadata(dev, run["runId"], today)
+    check_single_run_backfill(dev, repository, [_day(-3), _day(-2), _day(-1)])
 
-    # -- the asset graph: Dynamics sources -> accounts -> contacts -> activity_log ----------
+
+def check_asset_graph(dev: DagsterDev) -> None:
+    """The asset graph: Dynamics sources -> accounts -> contacts -> activity_log."""
     nodes = {_key(n["assetKey"]): n for n in dev.graphql(ASSET_GRAPH)["assetNodes"]}
-    synced = {"sync_fields", "accounts", "contacts", "activity_log", "sync_runs"}
-    assert {"dynamics/account", "dynamics/contact"} | synced <= set(nodes), sorted(nodes)
+    assert {"dynamics/account", "dynamics/contact"} | SYNCED <= set(nodes), sorted(nodes)
     deps = {key: {_key(d) for d in n["dependencyKeys"]} for key, n in nodes.items()}
     assert {"dynamics/contact", "accounts"} <= deps["contacts"]
     assert "dynamics/account" in deps["accounts"]
     assert "contacts" in deps["activity_log"]
-    for key in synced:
+    for key in SYNCED:
         node = nodes[key]
         assert node["isMaterializable"] and JOB in node["jobNames"], key
         assert {"dynamics", "duckdb"} <= set(node["kinds"]) and node["description"], key
     assert not nodes["dynamics/account"]["isMaterializable"]  # an external source, read only
 
-    repository = _repository(dev)
 
-    # -- a run of today's partition, as the schedule launches it -----------------------------
-    today = _day(0)
+def run_todays_partition(dev: DagsterDev, repository: str, today: str) -> dict[str, Any]:
+    """A run of today's partition, as the schedule launches it; it succeeds."""
     launched = dev.graphql(
         LAUNCH_RUN,
         {
@@ -163,8 +179,11 @@ def test_dagster_dev_graph_lineage_run_and_backfill(dagster_dev: DagsterDev) -> 
     run = _wait_run(dev, launched["run"]["runId"])
     assert run["status"] == "SUCCESS", f"{run}\n{dev.log_tail()}"
     assert _tags(run)["dagster/partition"] == today
+    return run
 
-    # -- lineage and metadata the run left on the materializations ---------------------------
+
+def check_lineage_and_metadata(dev: DagsterDev, run_id: str, today: str) -> None:
+    """Column lineage, row count and column schema the run left on its materializations."""
     assets = dev.graphql(
         MATERIALIZATIONS,
         {
@@ -174,53 +193,25 @@ def test_dagster_dev_graph_lineage_run_and_backfill(dagster_dev: DagsterDev) -> 
     )["assetNodes"]
     latest = {}
     for node in assets:
-        mats = [m for m in node["assetMaterializations"] if m["runId"] == run["runId"]]
-        assert mats, f"{_key(node['assetKey'])} has no materialization from run {run['runId']}"
+        mats = [m for m in node["assetMaterializations"] if m["runId"] == run_id]
+        assert mats, f"{_key(node['assetKey'])} has no materialization from run {run_id}"
         latest[_key(node["assetKey"])] = _entries(mats[0])
     contacts, accounts = latest["contacts"], latest["accounts"]
     assert contacts["dagster/row_count"]["intValue"] > 0
-    lineage = {
-        c["columnName"]: {(_key(d["assetKey"]), d["columnName"]) for d in c["columnDeps"]}
-        for c in contacts["dagster/column_lineage"]["lineage"]
-    }
+    lineage = _lineage(contacts)
     assert lineage["account_name"] == {("accounts", "name")}
     assert ("dynamics/contact", "_parentcustomerid_value") in lineage["accountid"]
-    account_lineage = {
-        c["columnName"]: {(_key(d["assetKey"]), d["columnName"]) for d in c["columnDeps"]}
-        for c in accounts["dagster/column_lineage"]["lineage"]
-    }
-    assert account_lineage["name"] == {("dynamics/account", "name")}
+    assert _lineage(accounts)["name"] == {("dynamics/account", "name")}
     columns = {
         c["name"]: c["description"] for c in contacts["dagster/column_schema"]["schema"]["columns"]
     }
     assert "accounts.name" in (columns.get("account_name") or "")
     assert "account_creditonhold" not in columns  # unreadable for the sync user: never lands
 
-    # -- a backfill of three past days: one run over the whole range ------------------------
-    # The job's partition set with the job's assets selected: what the UI sends from the job
-    # page. A pure asset backfill (assetSelection alone) is not used: in Dagster 1.13 the
-    # webserver's check of non-subsettable multi-assets compares TimeWindowPartitionsSubsets
-    # with tuple.__ne__ (num_partitions computed vs lazy), so it fails for most hash seeds.
-    days = [_day(-3), _day(-2), _day(-1)]
-    result = dev.graphql(
-        LAUNCH_BACKFILL,
-        {
-            "params": {
-                "selector": {
-                    "partitionSetName": f"{JOB}_partition_set",
-                    "repositorySelector": {
-                        "repositoryLocationName": LOCATION,
-                        "repositoryName": repository,
-                    },
-                },
-                "partitionNames": days,
-                "assetSelection": [{"path": key.split("/")} for key in sorted(synced)],
-                "title": "e2e: re-sync three days",
-            }
-        },
-    )["launchPartitionBackfill"]
-    assert result["__typename"] == "LaunchBackfillSuccess", result
-    backfill_id = result["backfillId"]
+
+def check_single_run_backfill(dev: DagsterDev, repository: str, days: list[str]) -> None:
+    """A backfill of past days: one run over the whole range, materializing every day."""
+    backfill_id = _launch_job_backfill(dev, repository, days)
 
     def backfill_done() -> dict[str, Any] | None:
         backfill = dev.graphql(BACKFILL, {"id": backfill_id})["partitionBackfillOrError"]
@@ -228,7 +219,7 @@ def test_dagster_dev_graph_lineage_run_and_backfill(dagster_dev: DagsterDev) -> 
 
     backfill = dev.wait_for(f"backfill {backfill_id}", backfill_done, RUN_TIMEOUT_S, 2.0)
     assert backfill["status"] in {"COMPLETED", "COMPLETED_SUCCESS"}, f"{backfill}\n{dev.log_tail()}"
-    assert backfill["numPartitions"] == 3
+    assert backfill["numPartitions"] == len(days)
     runs = dev.graphql(
         RUNS_OF_BACKFILL, {"filter": {"tags": [{"key": "dagster/backfill", "value": backfill_id}]}}
     )["runsOrError"]["results"]
@@ -258,15 +249,40 @@ def test_dagster_dev_graph_lineage_run_and_backfill(dagster_dev: DagsterDev) -> 
     assert by_run == set(days)
 
 
+def _launch_job_backfill(dev: DagsterDev, repository: str, days: list[str]) -> str:
+    # The job's partition set with the job's assets selected: what the UI sends from the job
+    # page. A pure asset backfill (assetSelection alone) is not used: in Dagster 1.13 the
+    # webserver's check of non-subsettable multi-assets compares TimeWindowPartitionsSubsets
+    # with tuple.__ne__ (num_partitions computed vs lazy), so it fails for most hash seeds.
+    result = dev.graphql(
+        LAUNCH_BACKFILL,
+        {
+            "params": {
+                "selector": {
+                    "partitionSetName": f"{JOB}_partition_set",
+                    "repositorySelector": {
+                        "repositoryLocationName": LOCATION,
+                        "repositoryName": repository,
+                    },
+                },
+                "partitionNames": days,
+                "assetSelection": [{"path": key.split("/")} for key in sorted(SYNCED)],
+                "title": "e2e: re-sync three days",
+            }
+        },
+    )["launchPartitionBackfill"]
+    assert result["__typename"] == "LaunchBackfillSuccess", result
+    return result["backfillId"]
+
+
 def test_asset_graph_backfill_of_a_range_launches(dagster_dev: DagsterDev) -> None:
     """The request the UI's asset graph sends for a date range (captured from the browser)."""
-    synced = ["accounts", "activity_log", "contacts", "sync_fields", "sync_runs"]
     result = dagster_dev.graphql(
         LAUNCH_BACKFILL,
         {
             "params": {
                 "tags": [{"key": "dagster/from_ui", "value": "true"}],
-                "assetSelection": [{"path": [key]} for key in synced],
+                "assetSelection": [{"path": [key]} for key in sorted(SYNCED)],
                 "partitionNames": [_day(-9), _day(-8), _day(-7)],
                 "fromFailure": False,
             }
