@@ -1,5 +1,6 @@
 """Activity values read like Marketo's Change Data Value: a choice by its label, money and
-decimals with the digits they need (SPEC.md, `activity_log`; merge.activity_value_sql)."""
+decimals with the digits they need (SPEC.md, `activity_log`; activity_value_sql in
+sync/activity.py)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def _logged(harness: Harness, account: str, source: str) -> set[tuple]:
     )
 
 
-# Few changed columns are written in place, many by a delete and append (merge._repropagate):
+# Few changed columns are written in place, many by a delete and append (rules._repropagate):
 # both must log the same text.
 @pytest.mark.parametrize("also", [{}, {"name": "N", "accountnumber": "A-1", "address1_city": "C"}])
 def test_a_cycle_logs_choices_by_label_and_money_without_trailing_zeros(

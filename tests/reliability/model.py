@@ -1,4 +1,4 @@
-"""A small reference model of SPEC.md's rules, written from the spec, not from merge.py.
+"""A small reference model of SPEC.md's rules, written from the spec, not from sync/rules.py.
 
 It holds what the DuckDB store should contain and moves it forward the way the spec says:
 `cycle(snapshot, ...)` with what Dynamics holds when a cycle succeeds, `local_edit(...)` for
@@ -203,11 +203,16 @@ class Model:
         """
         fresh = set(account_fields) - set(self.account_fields)  # first values, no activity
         self.account_fields, self.contact_fields = account_fields, contact_fields
+        updated = self._sync_accounts(dynamics)
+        self._drop_overwritten_edits(dynamics)
+        self._sync_contacts(dynamics, updated, fresh)
 
-        # Accounts (rules 1, 3, 5): a higher versionnumber is an update; the same one is not.
+    def _sync_accounts(self, dynamics: Snapshot) -> set[str]:
+        """Rules 1, 3, 5: a higher versionnumber is an update; the same one is not. Returns
+        the accounts updated."""
         updated: set[str] = set()
         for aid, dyn in dynamics.accounts.items():
-            values = self.account_columns(dyn.values, account_fields)
+            values = self.account_columns(dyn.values, self.account_fields)
             stored = self.accounts.get(aid)
             if stored is None:
                 self.accounts[aid] = StoredAccount(dyn.version, values)
@@ -218,50 +223,65 @@ class Model:
         for aid, stored in self.accounts.items():
             if aid not in dynamics.accounts:
                 stored.deleted = True
+        return updated
 
-        # Rule 5: Dynamics speaking after a local edit overwrites it.
+    def _drop_overwritten_edits(self, dynamics: Snapshot) -> None:
+        """Rule 5: Dynamics speaking after a local edit overwrites it."""
         for (aid, f), edit in list(self.edits.items()):
             dyn = dynamics.accounts.get(aid)
             if dyn is not None and dyn.version > edit.dynamics_version:
                 del self.edits[(aid, f)]
 
-        # Contacts (rules 4, 6, 7).
+    def _sync_contacts(self, dynamics: Snapshot, updated: set[str], fresh: set[str]) -> None:
+        """Rules 4, 6, 7: contacts take their account's values; what changes is logged."""
         members: dict[str, int] = {}
         for dyn in dynamics.contacts.values():
             if dyn.accountid is not None:
                 members[dyn.accountid] = members.get(dyn.accountid, 0) + 1
         for cid, dyn in dynamics.contacts.items():
-            own = self.contact_columns(dyn.values, contact_fields)
+            own = self.contact_columns(dyn.values, self.contact_fields)
             new_values = self.effective(dyn.accountid)
             stored = self.contacts.get(cid)
             if stored is None:  # a new record takes its first values: not a change
                 self.contacts[cid] = StoredContact(dyn.version, dyn.accountid, own, new_values)
                 continue
-            moved = dyn.accountid != stored.accountid
-            left = stored.accountid
+            suppressed = (
+                dyn.accountid == stored.accountid  # a contact that moves is always logged
+                and dyn.accountid in updated
+                and members.get(dyn.accountid, 0) > self.contact_limit
+            )
+            logged_against = dyn.accountid or stored.accountid
             stored.version, stored.accountid, stored.values = dyn.version, dyn.accountid, own
-            for f in account_fields:
-                old, new = stored.account_values.get(f), new_values[f]
-                if f in fresh or old == new:
-                    continue
-                suppressed = (
-                    not moved
-                    and dyn.accountid in updated
-                    and members.get(dyn.accountid, 0) > self.contact_limit
-                )
-                if suppressed:
-                    self.suppressed += 1
-                else:
-                    label = f"{f}_label"
-                    kind = ACCOUNT_KINDS[f]
-                    shown_old = activity_text(kind, old, stored.account_values.get(label))
-                    shown_new = activity_text(kind, new, new_values.get(label))
-                    row = (cid, dyn.accountid or left, f, shown_old, shown_new, SYNC)
-                    self.activity.append(row)
+            self._log_changes(
+                cid, logged_against, stored.account_values, new_values, fresh, suppressed
+            )
             stored.account_values = new_values
         for cid, stored in self.contacts.items():
             if cid not in dynamics.contacts:
                 stored.deleted = True
+
+    def _log_changes(
+        self,
+        cid: str,
+        accountid: str | None,
+        old_values: Mapping[str, str | None],
+        new_values: Mapping[str, str | None],
+        fresh: set[str],
+        suppressed: bool,
+    ) -> None:
+        """Rules 6, 7: a row per field whose value changes, or a count of the suppressed."""
+        for f in self.account_fields:
+            old, new = old_values.get(f), new_values[f]
+            if f in fresh or old == new:
+                continue
+            if suppressed:
+                self.suppressed += 1
+                continue
+            label = f"{f}_label"
+            kind = ACCOUNT_KINDS[f]
+            shown_old = activity_text(kind, old, old_values.get(label))
+            shown_new = activity_text(kind, new, new_values.get(label))
+            self.activity.append((cid, accountid, f, shown_old, shown_new, SYNC))
 
     # ---- a local edit -------------------------------------------------------------------------
 
