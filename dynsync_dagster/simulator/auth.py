@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, unquote
 
 import orjson
 
-from .faults import FaultInjector
+from .faults import Fault, FaultInjector
 from .responses import PLAIN_JSON, Response, json_response
 
 _USER_SCOPES = frozenset({"offline_access", "openid", "profile"})
@@ -239,33 +239,50 @@ class Authority:
         return form.get("client_id", ""), form.get("client_secret", "")
 
     def _token(self, tenant: str, headers: dict[str, str], body: bytes) -> Response:
+        """The token endpoint: an armed fault, else Entra ID's checks in its order, then the grant."""
         fault = self.faults.take(True, f"/{tenant}/oauth2/v2.0/token")
         if fault is not None:
-            retry = {"Retry-After": str(max(1, round(fault.retry_after)))}
-            if fault.kind == "token_429":
-                return self._error(
-                    429,
-                    "temporarily_unavailable",
-                    90055,
-                    "TenantThrottlingThreshold - The number of requests exceeded "
-                    "the throttling limits.",
-                    headers,
-                    retry,
-                )
-            if fault.kind == "token_503":
-                return self._error(
-                    503,
-                    "temporarily_unavailable",
-                    90033,
-                    "A transient error has occurred. Please try again.",
-                    headers,
-                    retry,
-                )
-            return self._bad_secret(headers)
+            return self._token_fault(fault, headers)
         if tenant.lower() != self.creds.tenant_id.lower():
             return self._error(400, "invalid_request", 90002, self._tenant_msg(tenant), headers)
         form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         grant = form.get("grant_type", "")
+        refusal = self._refuse_client(form, grant, headers)
+        if refusal is not None:
+            return refusal
+        if grant == "client_credentials":
+            return self._grant(self.app, user_flow=False)
+        if grant == "password":
+            return self._password_grant(form, headers)
+        return self._refresh_grant(form, headers)
+
+    def _token_fault(self, fault: Fault, headers: dict[str, str]) -> Response:
+        retry = {"Retry-After": str(max(1, round(fault.retry_after)))}
+        if fault.kind == "token_429":
+            return self._error(
+                429,
+                "temporarily_unavailable",
+                90055,
+                "TenantThrottlingThreshold - The number of requests exceeded "
+                "the throttling limits.",
+                headers,
+                retry,
+            )
+        if fault.kind == "token_503":
+            return self._error(
+                503,
+                "temporarily_unavailable",
+                90033,
+                "A transient error has occurred. Please try again.",
+                headers,
+                retry,
+            )
+        return self._bad_secret(headers)
+
+    def _refuse_client(
+        self, form: dict[str, str], grant: str, headers: dict[str, str]
+    ) -> Response | None:
+        """The error for an unknown grant type, client, secret or scope; None when all are good."""
         if grant not in ("client_credentials", "password", "refresh_token"):
             return self._error(
                 400,
@@ -297,24 +314,21 @@ class Authority:
             )
         if not secrets.compare_digest(secret, self.creds.client_secret):
             return self._bad_secret(headers)
-        scope_error = self._check_scope(form.get("scope", ""), grant, headers)
-        if scope_error is not None:
-            return scope_error
-        if grant == "client_credentials":
-            return self._grant(self.app, user_flow=False)
-        if grant == "password":
-            user_ok = form.get("username", "").lower() == self.creds.username.lower()
-            if not user_ok or not secrets.compare_digest(
-                form.get("password", ""), self.creds.password
-            ):
-                return self._error(
-                    400,
-                    "invalid_grant",
-                    50126,
-                    "Error validating credentials due to invalid username or password.",
-                    headers,
-                )
-            return self._grant(self.user, user_flow=True)
+        return self._check_scope(form.get("scope", ""), grant, headers)
+
+    def _password_grant(self, form: dict[str, str], headers: dict[str, str]) -> Response:
+        user_ok = form.get("username", "").lower() == self.creds.username.lower()
+        if not user_ok or not secrets.compare_digest(form.get("password", ""), self.creds.password):
+            return self._error(
+                400,
+                "invalid_grant",
+                50126,
+                "Error validating credentials due to invalid username or password.",
+                headers,
+            )
+        return self._grant(self.user, user_flow=True)
+
+    def _refresh_grant(self, form: dict[str, str], headers: dict[str, str]) -> Response:
         principal = self.tokens.redeem_refresh(form.get("refresh_token", ""))
         if principal is None:
             return self._error(

@@ -403,26 +403,21 @@ class EntityQueries:
         return f"{ctx.api_base}{table.entity.entity_set}?{query}"
 
     def _rows(self, table: Table, ctx: QueryContext, tracking: bool) -> Response:
+        """One page of an entity-set read: its nextLink, or on the last page of a
+        change-tracked read its deltaLink."""
         masked = self.org.masked_columns(ctx.user_id, table.name)
         props, names = self._select(table, ctx.param("$select"))
-        filter_text = ctx.param("$filter")
         order = self._order(table, ctx.param("$orderby"))
         top = self._top(ctx.param("$top"))
         count = self._count_flag(ctx.param("$count"))
-        token = ctx.param("$skiptoken")
-        columns = {a.logical_name: a for a, _ in order}
-        cookie = paging.decode(token, columns) if token is not None else None
+        cookie = self._cookie(ctx.param("$skiptoken"), order)
         if cookie is not None:
             tracking = cookie.is_tracking and table.entity.change_tracking
-            if [n for n, _ in cookie.last] != [a.logical_name for a, _ in order]:
-                raise bad_query("The $skiptoken does not match the $orderby of this query.")
-        view = self._view(table, filter_text, order, masked)
+        view = self._view(table, ctx.param("$filter"), order, masked)
         size = self._page_size(ctx, cookie)
-        start = 0
-        if cookie is not None:
-            start = self._resume(view, cookie, order, table)
-        # "If you include both, $top is ignored" (page-results, 2024; the 2021 page said the
-        # opposite): with odata.maxpagesize, or on a page of a paged read, the pages win.
+        start = 0 if cookie is None else self._resume(view, cookie, order, table)
+        # Dataverse ignores $top when odata.maxpagesize is sent, and on the later pages of a
+        # paged read: the pages win.
         if top is not None and (ctx.prefs.max_page_size is not None or cookie is not None):
             top = None
         if top is not None:
@@ -436,44 +431,61 @@ class EntityQueries:
             else (self.org.current_version if tracking else None)
         )
         cache = self._shape(table, props, ctx.prefs.annotations, masked)
-        rows = table.rows
         expanded = self._prepare_expand(table, ctx)
         context = self._context(ctx, table, _with_expand(names, expanded))
         body = [b'{"@odata.context":', orjson.dumps(context)]
         body += self._count_annotations(ctx.prefs.annotations, count, len(view.ids))
-        body.append(b',"value":[')
-        if expanded:
-            items = [self._row(ctx, table, cache, expanded, i, rows[i]) for i in page_ids]
-        else:  # the sync client's hot path: cached row bytes, no per-row call
-            items = [cache.row_bytes(i, rows[i]) for i in page_ids]
-        body.append(b",".join(items))
-        body.append(b"]")
+        body += [b',"value":[', self._values(ctx, table, cache, expanded, page_ids), b"]"]
         if more:
             self.prefetcher.submit(cache, table, view.ids[start + size : start + 2 * size])
-            pk = table.entity.primary_id
-            last_row = rows[page_ids[-1]]
-            next_cookie = paging.Cookie(
-                page_number=(cookie.page_number if cookie else 1) + 1,
-                is_tracking=tracking,
-                last=[
-                    (
-                        a.logical_name,
-                        None if a.logical_name in masked else last_row[table.slots[a.logical_name]],
-                    )
-                    for a, _ in order
-                ],
-                first_key=page_ids[0],
+            next_cookie = _next_cookie(
+                table,
+                cookie,
+                order,
+                masked,
+                page_ids,
+                tracking=tracking,
                 snapshot=snapshot,
-                page_size=size,
+                size=size,
             )
-            params = [(k, v) for k, v in ctx.params if k != "$skiptoken"]
-            params.append(("$skiptoken", paging.encode(next_cookie, pk)))
-            body += [b',"@odata.nextLink":', orjson.dumps(self._link(ctx, table, params))]
+            body += [b',"@odata.nextLink":', orjson.dumps(self._next_link(ctx, table, next_cookie))]
         elif tracking and snapshot is not None:
             body += [b',"@odata.deltaLink":', orjson.dumps(self._delta_link(ctx, table, snapshot))]
         body.append(b"}")
         headers = self._headers(ctx, None if top is not None else size, tracking)
         return Response(200, b"".join(body), JSON_TYPE, headers)
+
+    @staticmethod
+    def _cookie(token: str | None, order: list[tuple[Attribute, bool]]) -> paging.Cookie | None:
+        """The paging cookie of a $skiptoken, checked against this query's $orderby."""
+        if token is None:
+            return None
+        cookie = paging.decode(token, {a.logical_name: a for a, _ in order})
+        if [n for n, _ in cookie.last] != [a.logical_name for a, _ in order]:
+            raise bad_query("The $skiptoken does not match the $orderby of this query.")
+        return cookie
+
+    def _values(
+        self,
+        ctx: QueryContext,
+        table: Table,
+        cache: RowCache,
+        expanded: list[_Expanded],
+        page_ids: list[str],
+    ) -> bytes:
+        """The page's rows, comma-separated."""
+        rows = table.rows
+        if expanded:
+            items = [self._row(ctx, table, cache, expanded, i, rows[i]) for i in page_ids]
+        else:  # the sync client's hot path: cached row bytes, no per-row call
+            items = [cache.row_bytes(i, rows[i]) for i in page_ids]
+        return b",".join(items)
+
+    def _next_link(self, ctx: QueryContext, table: Table, cookie: paging.Cookie) -> str:
+        """This request's URL with the next page's $skiptoken in place of its own."""
+        params = [(k, v) for k, v in ctx.params if k != "$skiptoken"]
+        params.append(("$skiptoken", paging.encode(cookie, table.entity.primary_id)))
+        return self._link(ctx, table, params)
 
     def _resume(
         self, view: _View, cookie: paging.Cookie, order: list[tuple[Attribute, bool]], table: Table
@@ -736,3 +748,32 @@ class EntityQueries:
             return Response(
                 200, str(min(total, COUNT_LIMIT)).encode(), "text/plain; charset=utf-8", {}
             )
+
+
+def _next_cookie(
+    table: Table,
+    previous: paging.Cookie | None,
+    order: list[tuple[Attribute, bool]],
+    masked: frozenset[str],
+    page_ids: list[str],
+    *,
+    tracking: bool,
+    snapshot: int | None,
+    size: int,
+) -> paging.Cookie:
+    """The cookie after this page: its last row's sort values (masked ones hidden)."""
+    last_row = table.rows[page_ids[-1]]
+    return paging.Cookie(
+        page_number=(previous.page_number if previous else 1) + 1,
+        is_tracking=tracking,
+        last=[
+            (
+                a.logical_name,
+                None if a.logical_name in masked else last_row[table.slots[a.logical_name]],
+            )
+            for a, _ in order
+        ],
+        first_key=page_ids[0],
+        snapshot=snapshot,
+        page_size=size,
+    )

@@ -59,7 +59,7 @@ def _all_rows(client: DynamicsClient, entity_set: str, select: list[str]) -> lis
 def test_both_flows_sign_in_on_a_non_443_port(sim: Simulator, flow: str) -> None:
     conn = _conn(sim, flow)
     assert conn.flow == flow
-    assert urlsplit(conn.authority_host).port not in (None, 443)  # exercises trap 2 for ROPC
+    assert urlsplit(conn.authority_host).port not in (None, 443)  # MSAL's user realm drops it
     with DynamicsClient(conn) as client:
         me = client.whoami()
         assert me["UserId"]

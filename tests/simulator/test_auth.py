@@ -15,7 +15,7 @@ from .conftest import API, make_session
 
 
 class _PortFixSession(requests.Session):
-    """MSAL's user-realm GET drops the port (doc §1.4 trap 2); put it back for our host."""
+    """MSAL's user-realm GET drops a non-443 authority's port; put it back for our host."""
 
     def __init__(self, host: str, port: int, ca: str) -> None:
         super().__init__()

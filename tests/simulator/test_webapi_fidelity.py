@@ -94,8 +94,7 @@ def test_skip_stays_a_dataverse_400(api: Api) -> None:
 
 
 def test_top_is_ignored_when_maxpagesize_is_sent(api: Api, sim: Simulator) -> None:
-    # page-results.md: "Don't use $top with the Prefer: odata.maxpagesize request header.
-    # If you include both, $top is ignored."
+    # Dataverse ignores $top when the Prefer: odata.maxpagesize header is sent too.
     rows, last = api.all_pages("accounts?$select=name&$top=3", "odata.maxpagesize=7")
     assert len(rows) == len(sim.org.tables["account"].rows)
     first = api.get("accounts?$select=name&$top=3", "odata.maxpagesize=7")
