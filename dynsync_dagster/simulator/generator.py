@@ -146,6 +146,7 @@ _CITIES = (
     (None, None),
 )
 _DOMAINS = ("example.com", "contoso.com", "fabrikam.nl", "northwind.de", "litware.fr")
+_BIRTH_ORIGIN = date(1950, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -208,34 +209,73 @@ def _guid(rng: random.Random) -> str:
 def generate(spec: DatasetSpec, org: Org, owners: list[str]) -> None:
     """Fill an empty org; versions follow modifiedon order like a real org's history."""
     spec.validate()
-    rng = random.Random(spec.seed)
-    start = org.now()
-    start_ts = int(start.timestamp())
-    history = spec.history_days * 86400
-    stamps: list[tuple[int, int, str]] = []  # (modifiedon ts, entity index, id) for versions
+    gen = _Generator(spec, org, owners)
+    for i in range(spec.accounts):
+        gen.account(i)
+    parents = _contact_parents(spec, gen.account_ids, gen.rng)
+    for i in range(spec.contacts):
+        gen.contact(i, parents)
+    gen.set_primary_contacts()
+    last = gen.number_versions()
+    org.load("account", gen.account_rows, last)
+    org.load("contact", gen.contact_rows, last)
 
-    def times() -> tuple[datetime, datetime, int]:
-        created = start_ts - rng.randrange(history)
-        modified = created + rng.randrange(start_ts - created + 1)
+
+def _contact_parents(
+    spec: DatasetSpec, account_ids: list[str], rng: random.Random
+) -> list[str | None]:
+    """The parent account of each account-parented contact, in contact order: the sized
+    accounts' contacts first, then the orphans (None), then the rest spread at random.
+
+    Contacts past the end of this list get a contact as parent."""
+    others = account_ids[len(spec.sized_accounts) :]
+    parents: list[str | None] = []
+    for idx, count in enumerate(spec.sized_accounts):
+        parents.extend([account_ids[idx]] * count)
+    parents.extend([None] * spec.orphan_contacts)
+    spread = spec.contacts - len(parents) - spec.contact_parented_contacts
+    parents.extend(others[rng.randrange(len(others))] for _ in range(spread))
+    return parents
+
+
+class _Generator:
+    """The rows being generated, and the one random stream every value is drawn from in turn."""
+
+    def __init__(self, spec: DatasetSpec, org: Org, owners: list[str]) -> None:
+        self.rng = random.Random(spec.seed)
+        self.org = org
+        self.owners = owners
+        self.start_ts = int(org.now().timestamp())
+        self.history = spec.history_days * 86400
+        self.accounts = org.tables["account"]
+        self.contacts = org.tables["contact"]
+        self.account_rows: dict[str, list[Any]] = {}
+        self.account_ids: list[str] = []
+        self.contact_rows: dict[str, list[Any]] = {}
+        self.account_parented: list[str] = []
+        self.stamps: list[tuple[int, int, str]] = []  # (modifiedon ts, entity index, id)
+
+    def times(self) -> tuple[datetime, datetime, int]:
+        """createdon and modifiedon within the history window, and modifiedon as a timestamp."""
+        created = self.start_ts - self.rng.randrange(self.history)
+        modified = created + self.rng.randrange(self.start_ts - created + 1)
         return (
             datetime.fromtimestamp(created, UTC),
             datetime.fromtimestamp(modified, UTC),
             modified,
         )
 
-    accounts = org.tables["account"]
-    a = accounts.slots
-    account_rows: dict[str, list[Any]] = {}
-    account_ids: list[str] = []
-    for i in range(spec.accounts):
-        aid = _guid(rng)
-        r = rng.getrandbits(64)
-        row = accounts.new_row()
+    def account(self, i: int) -> None:
+        """Generate the i-th account."""
+        a = self.accounts.slots
+        aid = _guid(self.rng)
+        r = self.rng.getrandbits(64)
+        row = self.accounts.new_row()
         city, country = _CITIES[r % len(_CITIES)]
         adjective, noun = _ADJ[(r >> 8) % len(_ADJ)], _NOUN[(r >> 16) % len(_NOUN)]
         name = f"{adjective} {noun} {i + 1} {_SUFFIX[(r >> 24) % len(_SUFFIX)]}"
         slug = name.split()[0].lower()
-        created, modified, mts = times()
+        created, modified, mts = self.times()
         row[a["accountid"]] = aid
         row[a["name"]] = name
         row[a["accountnumber"]] = f"ACC-{i + 1:06d}"
@@ -252,44 +292,34 @@ def generate(spec: DatasetSpec, org: Org, owners: list[str]) -> None:
         row[a["creditlimit"]] = float(((r >> 44) % 100) * 1000)
         row[a["creditonhold"]] = bool((r >> 50) % 10 == 0)
         row[a["customertypecode"]] = 1 + (r >> 52) % 12
-        row[a["ownerid"]] = owners[(r >> 56) % len(owners)]
+        row[a["ownerid"]] = self.owners[(r >> 56) % len(self.owners)]
         row[a["owneridtype"]] = "systemuser"
         # About one in ten accounts has a parent account among the earlier ones.
-        row[a["parentaccountid"]] = account_ids[(r >> 5) % i] if i and r % 10 == 1 else None
+        row[a["parentaccountid"]] = self.account_ids[(r >> 5) % i] if i and r % 10 == 1 else None
         row[a["statecode"]] = 0
         row[a["statuscode"]] = 1
         row[a["merged"]] = False
         row[a["isprivate"]] = False
         row[a["createdon"]] = created
         row[a["modifiedon"]] = modified
-        account_rows[aid] = row
-        account_ids.append(aid)
-        stamps.append((mts, 0, aid))
+        self.account_rows[aid] = row
+        self.account_ids.append(aid)
+        self.stamps.append((mts, 0, aid))
 
-    contacts = org.tables["contact"]
-    c = contacts.slots
-    contact_rows: dict[str, list[Any]] = {}
-    account_parented: list[str] = []
-    n_sized = len(spec.sized_accounts)
-    others = account_ids[n_sized:]
-    parents: list[str | None] = []
-    for idx, count in enumerate(spec.sized_accounts):
-        parents.extend([account_ids[idx]] * count)
-    parents.extend([None] * spec.orphan_contacts)
-    spread = spec.contacts - len(parents) - spec.contact_parented_contacts
-    parents.extend(others[rng.randrange(len(others))] for _ in range(spread))
-    birth_origin = date(1950, 1, 1)
-    for i in range(spec.contacts):
-        cid = _guid(rng)
-        r = rng.getrandbits(64)
-        row = contacts.new_row()
+    def contact(self, i: int, parents: list[str | None]) -> None:
+        """Generate the i-th contact, under parents[i] or, past its end, under a contact."""
+        c = self.contacts.slots
+        cid = _guid(self.rng)
+        r = self.rng.getrandbits(64)
+        row = self.contacts.new_row()
         if i < len(parents):
             parent, parent_type = parents[i], "account"
         else:
-            parent, parent_type = account_parented[r % len(account_parented)], "contact"
+            parent = self.account_parented[r % len(self.account_parented)]
+            parent_type = "contact"
         first = _FIRST[r % len(_FIRST)]
         last = _LAST[(r >> 8) % len(_LAST)]
-        created, modified, mts = times()
+        created, modified, mts = self.times()
         row[c["contactid"]] = cid
         row[c["firstname"]] = first
         row[c["lastname"]] = last
@@ -301,13 +331,13 @@ def generate(spec: DatasetSpec, org: Org, owners: list[str]) -> None:
         row[c["telephone1"]] = f"+49 30 {(r >> 24) % 9000 + 1000} {(r >> 38) % 10000:04d}"
         row[c["mobilephone"]] = None if r % 4 == 0 else f"+31 6 {(r >> 30) % 100_000_000:08d}"
         row[c["birthdate"]] = (
-            None if r % 5 == 0 else birth_origin + timedelta(days=(r >> 12) % 20000)
+            None if r % 5 == 0 else _BIRTH_ORIGIN + timedelta(days=(r >> 12) % 20000)
         )
         if parent is not None:
             row[c["parentcustomerid"]] = parent
             row[c["parentcustomeridtype"]] = parent_type
             row[c["accountid"]] = parent if parent_type == "account" else None
-        row[c["ownerid"]] = owners[(r >> 44) % len(owners)]
+        row[c["ownerid"]] = self.owners[(r >> 44) % len(self.owners)]
         row[c["owneridtype"]] = "systemuser"
         row[c["governmentid"]] = (
             f"{(r >> 2) % 900 + 100}-{(r >> 14) % 90 + 10}-{(r >> 22) % 10000:04d}"
@@ -318,23 +348,25 @@ def generate(spec: DatasetSpec, org: Org, owners: list[str]) -> None:
         row[c["statuscode"]] = 1
         row[c["createdon"]] = created
         row[c["modifiedon"]] = modified
-        contact_rows[cid] = row
+        self.contact_rows[cid] = row
         if parent_type == "account" and parent is not None:
-            account_parented.append(cid)
-        stamps.append((mts, 1, cid))
+            self.account_parented.append(cid)
+        self.stamps.append((mts, 1, cid))
 
-    # Each account's primary contact is its first contact, when it has one.
-    for cid in account_parented:
-        arow = account_rows[contact_rows[cid][c["parentcustomerid"]]]
-        if arow[a["primarycontactid"]] is None:
-            arow[a["primarycontactid"]] = cid
+    def set_primary_contacts(self) -> None:
+        """Each account's primary contact is its first contact, when it has one."""
+        a, c = self.accounts.slots, self.contacts.slots
+        for cid in self.account_parented:
+            arow = self.account_rows[self.contact_rows[cid][c["parentcustomerid"]]]
+            if arow[a["primarycontactid"]] is None:
+                arow[a["primarycontactid"]] = cid
 
-    stamps.sort()
-    version = org.current_version
-    tables = (account_rows, contact_rows)
-    slots = (a["versionnumber"], c["versionnumber"])
-    for version_offset, (_, which, rid) in enumerate(stamps, start=1):
-        tables[which][rid][slots[which]] = version + version_offset
-    last = version + len(stamps)
-    org.load("account", account_rows, last)
-    org.load("contact", contact_rows, last)
+    def number_versions(self) -> int:
+        """Give every row a versionnumber in modifiedon order; returns the last one."""
+        self.stamps.sort()
+        version = self.org.current_version
+        tables = (self.account_rows, self.contact_rows)
+        slots = (self.accounts.slots["versionnumber"], self.contacts.slots["versionnumber"])
+        for version_offset, (_, which, rid) in enumerate(self.stamps, start=1):
+            tables[which][rid][slots[which]] = version + version_offset
+        return version + len(self.stamps)
