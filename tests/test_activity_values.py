@@ -1,6 +1,6 @@
 """Activity values read like Marketo's Change Data Value: a choice by its label, money and
-decimals with the digits they need (SPEC.md, `activity_log`; activity_value_sql in
-sync/activity.py)."""
+decimals with the digits they need (README.md, `activity_log`;
+activity_value_sql in sync/activity.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The account-sync rules of SPEC.md, each against the simulator over HTTPS."""
+"""The account-sync rules (README.md, "The rules"), each against the simulator over HTTPS."""
 
 from __future__ import annotations
 

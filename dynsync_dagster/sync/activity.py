@@ -1,7 +1,7 @@
 """The Change Data Value activity log: what a row holds, and the one writer of its rows.
 
 Both writers use it: the cycle's rules (source `Dynamics sync`) and local edits (source
-`Local update`). SPEC.md, `activity_log`, says what a row means.
+`Local update`). README.md, `activity_log`, says what a row means.
 """
 
 from __future__ import annotations

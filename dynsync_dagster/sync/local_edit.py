@@ -69,7 +69,7 @@ def set_account_field(
         except BaseException:
             con.execute("ROLLBACK")
             raise
-    # Readers see the edit as soon as it is published, when the session ends (publish.py).
+    # Readers see the edit as soon as it is published, when the session ends (store/publish.py).
     return replace(result, published=session.published)
 
 

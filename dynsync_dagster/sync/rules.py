@@ -1,7 +1,7 @@
 """The account-sync rules as set-based SQL: apply a cycle's staged rows to the store.
 
 Runs inside the cycle's single transaction, with the stage attached read-only as `stage`.
-Rule numbers refer to SPEC.md.
+Rule numbers are those of README.md, "The rules, for analysts".
 """
 
 from __future__ import annotations

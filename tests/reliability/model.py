@@ -1,11 +1,12 @@
-"""A small reference model of SPEC.md's rules, written from the spec, not from sync/rules.py.
+"""A small reference model of the rules (README.md, "The rules"), written from the rules as
+stated, not from sync/rules.py.
 
-It holds what the DuckDB store should contain and moves it forward the way the spec says:
+It holds what the DuckDB store should contain and moves it forward the way the rules say:
 `cycle(snapshot, ...)` with what Dynamics holds when a cycle succeeds, `local_edit(...)` for
 `dynsync set-account-field`. Values are kept as the text DuckDB shows for them
 (`CAST(x AS VARCHAR)`); the activity log shows them the way Dynamics does (`activity_text`).
 
-Where the spec leaves a choice open, the model takes this reading (and says so here):
+Where the rules leave a choice open, the model takes this reading (and says so here):
 - a contact that leaves its account for none logs its changes against the account it left;
 - a field newly added to the selection fills every record without activity (first values);
 - a contact that moves logs its changes even when its new account is over the contact limit
@@ -66,7 +67,7 @@ def as_text(kind: str, value: Any) -> str | None:
 
 
 def activity_text(kind: str, text: str | None, label: str | None) -> str | None:
-    """A stored value as SPEC.md's activity log shows it, "the way Dynamics shows them":
+    """A stored value as the activity log shows it, "the way Dynamics shows them":
     a choice by its label (its code when the option has none), money as `1234.5`."""
     if kind == "choice" and label is not None:
         return label
@@ -147,7 +148,7 @@ class PendingEdit:
 
 @dataclass
 class Model:
-    """The store as SPEC.md says it must be."""
+    """The store as the rules say it must be."""
 
     labels: Mapping[int, str]  # industrycode options
     contact_limit: int
