@@ -122,42 +122,47 @@ def attribute_record(entity: Entity, attr: Attribute, column: int) -> dict[str, 
         "ColumnNumber": column,
         "IsManaged": not attr.is_custom,
     }
+    record.update(_type_properties(attr))
+    return record
+
+
+def _type_properties(attr: Attribute) -> dict[str, Any]:
+    """The properties only the attribute's metadata class has (MaxLength, Precision, ...)."""
     kind = attr.attribute_type
     if kind in ("String", "Memo"):
-        record["MaxLength"] = attr.max_length or 100
-        record["DatabaseLength"] = (attr.max_length or 100) * 2
         fmt = {
             "emailaddress1": "Email",
             "telephone1": "Phone",
             "mobilephone": "Phone",
             "websiteurl": "Url",
         }.get(attr.logical_name, "Text" if kind == "String" else "TextArea")
-        record["Format"] = fmt
-    elif kind in ("Money", "Decimal", "Double"):
-        record["Precision"] = attr.precision if attr.precision is not None else 2
-        record["MinValue"] = 0 if kind == "Money" else -100_000_000_000.0
-        record["MaxValue"] = 100_000_000_000_000 if kind == "Money" else 100_000_000_000.0
-        if kind == "Money":
-            record["PrecisionSource"] = 2
-    elif kind in ("Integer", "BigInt"):
-        record["MinValue"] = 0 if kind == "Integer" else -9223372036854775808
-        record["MaxValue"] = 1_000_000_000 if kind == "Integer" else 9223372036854775807
-        if kind == "Integer":
-            record["Format"] = "None"
-    elif kind == "DateTime":
+        length = attr.max_length or 100
+        return {"MaxLength": length, "DatabaseLength": length * 2, "Format": fmt}
+    if kind in ("Money", "Decimal", "Double"):
+        numeric = {
+            "Precision": attr.precision if attr.precision is not None else 2,
+            "MinValue": 0 if kind == "Money" else -100_000_000_000.0,
+            "MaxValue": 100_000_000_000_000 if kind == "Money" else 100_000_000_000.0,
+        }
+        return numeric | ({"PrecisionSource": 2} if kind == "Money" else {})
+    if kind == "Integer":
+        return {"MinValue": 0, "MaxValue": 1_000_000_000, "Format": "None"}
+    if kind == "BigInt":
+        return {"MinValue": -9223372036854775808, "MaxValue": 9223372036854775807}
+    if kind == "DateTime":
         behavior = attr.datetime_behavior or "UserLocal"
-        record["DateTimeBehavior"] = {"Value": behavior}
-        record["Format"] = "DateOnly" if behavior == "DateOnly" else "DateAndTime"
-        record["CanChangeDateTimeBehavior"] = _managed(False, "canchangedatetimebehavior")
-    elif attr.is_lookup:
-        record["Targets"] = list(attr.targets)
-        record["Format"] = "None"
-    elif attr.metadata_class in _OPTION_CLASSES:
+        return {
+            "DateTimeBehavior": {"Value": behavior},
+            "Format": "DateOnly" if behavior == "DateOnly" else "DateAndTime",
+            "CanChangeDateTimeBehavior": _managed(False, "canchangedatetimebehavior"),
+        }
+    if attr.is_lookup:
+        return {"Targets": list(attr.targets), "Format": "None"}
+    if attr.metadata_class in _OPTION_CLASSES:
         if kind == "Boolean":
-            record["DefaultValue"] = False
-        else:
-            record["DefaultFormValue"] = -1 if kind == "Picklist" else attr.options[0][0]
-    return record
+            return {"DefaultValue": False}
+        return {"DefaultFormValue": -1 if kind == "Picklist" else attr.options[0][0]}
+    return {}
 
 
 def option_set(entity: Entity, attr: Attribute) -> dict[str, Any]:

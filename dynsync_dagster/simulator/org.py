@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from .schema import SYSTEM_COLUMNS, Attribute, Entity, account_entity, contact_entity
+from .schema import (
+    SYSTEM_COLUMNS,
+    TYPE_NAMES,
+    Attribute,
+    Entity,
+    account_entity,
+    contact_entity,
+)
 from .table import Table
 
 SYSTEM_ADMINISTRATOR = "System Administrator"
@@ -42,6 +49,17 @@ class DeltaTokenError(Exception):
     def __init__(self, expired: bool) -> None:
         super().__init__("expired" if expired else "malformed")
         self.expired = expired
+
+
+# AttributeTypeName -> AttributeType of the columns add_attribute can create. A multi-select
+# choice is stored as a Virtual column whose type name stays MultiSelectPicklistType.
+_ADDABLE_TYPES = {
+    TYPE_NAMES[code]: code
+    for code in (
+        "String", "Memo", "Integer", "BigInt", "Decimal", "Double", "Money", "Boolean",
+        "DateTime", "Picklist", "Lookup",
+    )
+} | {"MultiSelectPicklistType": "Virtual"}  # fmt: skip
 
 
 def _utc_now() -> datetime:
@@ -295,20 +313,7 @@ class Org:
         datetime_behavior: str | None = None,
     ) -> None:
         """Add a column; `attribute_type_name` is an AttributeTypeName like 'StringType'."""
-        type_code = {
-            "StringType": "String",
-            "MemoType": "Memo",
-            "IntegerType": "Integer",
-            "BigIntType": "BigInt",
-            "DecimalType": "Decimal",
-            "DoubleType": "Double",
-            "MoneyType": "Money",
-            "BooleanType": "Boolean",
-            "DateTimeType": "DateTime",
-            "PicklistType": "Picklist",
-            "LookupType": "Lookup",
-            "MultiSelectPicklistType": "Virtual",
-        }.get(attribute_type_name)
+        type_code = _ADDABLE_TYPES.get(attribute_type_name)
         if type_code is None:
             raise ValueError(f"unsupported attribute type {attribute_type_name!r}")
         if type_code == "Lookup" and not targets:

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 # Lookup-like types are exposed on the Web API as `_<name>_value`.
 LOOKUP_TYPES = frozenset({"Lookup", "Customer", "Owner"})
 
-_TYPE_NAMES = {
+# AttributeType -> AttributeTypeName (the type names the metadata reports).
+TYPE_NAMES = {
     "Uniqueidentifier": "UniqueidentifierType",
     "String": "StringType",
     "Memo": "MemoType",
@@ -141,7 +142,7 @@ class Attribute:
 
     @property
     def attribute_type_name(self) -> str:
-        return self.type_name or _TYPE_NAMES.get(self.attribute_type, "StringType")
+        return self.type_name or TYPE_NAMES.get(self.attribute_type, "StringType")
 
     @property
     def is_lookup(self) -> bool:

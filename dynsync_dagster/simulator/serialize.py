@@ -106,43 +106,18 @@ def compile_serializer(
         "def serialize(row):",
         f"    d = {{'@odata.etag': 'W/\"%s\"' % row[{slots['versionnumber']}]}}",
     ]
+    annotated = ann.formatted or ann.navigation_property or ann.lookup_logical_name
     for n, attr in enumerate(props):
         key = attr.web_name
-        slot = slots[attr.logical_name]
         if attr.logical_name in masked:
             lines.append(f"    d[{key!r}] = None")
             continue
-        lines.append(f"    v = row[{slot}]")
-        annotated = ann.formatted or ann.navigation_property or ann.lookup_logical_name
+        lines.append(f"    v = row[{slots[attr.logical_name]}]")
         if attr.is_lookup and annotated:
-            type_slot = slots.get(f"{attr.logical_name}type")
-            target = f"row[{type_slot}]" if type_slot is not None else repr(attr.targets[0])
-            ns[f"frags{n}"], ns[f"build{n}"] = _fragment_builder(attr, ann)
-            ns[f"null{n}"] = orjson.dumps({key: None})[1:-1]
-            name = "name_of(t, v)" if ann.formatted else "None"
-            lines += [
-                "    if v is None:",
-                f"        parts.append(null{n})",
-                "    else:",
-                f"        t = {target} or {attr.targets[0]!r}",
-                f"        n = {name}",
-                f"        f = frags{n}.get((v, n))",
-                f"        parts.append(f if f is not None else build{n}(t, v, n))",
-            ]
+            lines += _lookup_lines(n, attr, slots, ann, ns)
             continue
         if ann.formatted:  # lookups are only here without annotations
-            if attr.options:
-                # Booleans look up their 0/1 option labels too: False == 0 and True == 1 as keys.
-                ns[f"labels{n}"] = attr.option_label
-                lines += [
-                    "    if v is not None:",
-                    f"        d[{key + '@' + FORMATTED!r}] = labels{n}.get(v, str(v))",
-                ]
-            elif (helper := _formatter(attr)) is not None:
-                lines += [
-                    "    if v is not None:",
-                    f"        d[{key + '@' + FORMATTED!r}] = {helper}(v)",
-                ]
+            lines += _formatted_value_lines(n, attr, ns)
         lines.append(f"    d[{key!r}] = v")
     if any(line.startswith("        parts.append") for line in lines):
         lines.insert(2, "    parts = []")
@@ -153,6 +128,38 @@ def compile_serializer(
         lines.append("    return dumps(d, option=OPT)")
     exec(compile("\n".join(lines), f"<serializer {table.name}>", "exec"), ns)
     return ns["serialize"]
+
+
+def _lookup_lines(
+    n: int, attr: Attribute, slots: dict[str, int], ann: Annotations, ns: dict[str, Any]
+) -> list[str]:
+    """Code appending an annotated lookup's JSON fragment (built once per target) to parts."""
+    type_slot = slots.get(f"{attr.logical_name}type")
+    target = f"row[{type_slot}]" if type_slot is not None else repr(attr.targets[0])
+    ns[f"frags{n}"], ns[f"build{n}"] = _fragment_builder(attr, ann)
+    ns[f"null{n}"] = orjson.dumps({attr.web_name: None})[1:-1]
+    name = "name_of(t, v)" if ann.formatted else "None"
+    return [
+        "    if v is None:",
+        f"        parts.append(null{n})",
+        "    else:",
+        f"        t = {target} or {attr.targets[0]!r}",
+        f"        n = {name}",
+        f"        f = frags{n}.get((v, n))",
+        f"        parts.append(f if f is not None else build{n}(t, v, n))",
+    ]
+
+
+def _formatted_value_lines(n: int, attr: Attribute, ns: dict[str, Any]) -> list[str]:
+    """Code adding the FormattedValue annotation of a non-lookup property, if its type has one."""
+    annotation = attr.web_name + "@" + FORMATTED
+    if attr.options:
+        # Booleans look up their 0/1 option labels too: False == 0 and True == 1 as keys.
+        ns[f"labels{n}"] = attr.option_label
+        return ["    if v is not None:", f"        d[{annotation!r}] = labels{n}.get(v, str(v))"]
+    if (helper := _formatter(attr)) is not None:
+        return ["    if v is not None:", f"        d[{annotation!r}] = {helper}(v)"]
+    return []
 
 
 class RowCache:
