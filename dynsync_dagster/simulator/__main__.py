@@ -91,15 +91,7 @@ def write_state(sim: Simulator) -> tuple[Path, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    spec = DatasetSpec(
-        accounts=args.accounts,
-        contacts=args.contacts,
-        sized_accounts=_sized(args.sized_accounts),
-        orphan_contacts=args.orphan_contacts,
-        contact_parented_contacts=args.contact_parented_contacts,
-        seed=args.seed,
-        history_days=args.history_days,
-    )
+    spec = _spec(args)
     try:
         spec.validate()
     except ValueError as exc:
@@ -130,6 +122,24 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     env_path, json_path = write_state(sim)
     print(f"simulator ready in {time.monotonic() - started:.1f}s at {sim.org_url}", flush=True)
+    _print_how_to_connect(sim, env_path, json_path)
+    _serve_until_stopped(sim)
+    return 0
+
+
+def _spec(args: argparse.Namespace) -> DatasetSpec:
+    return DatasetSpec(
+        accounts=args.accounts,
+        contacts=args.contacts,
+        sized_accounts=_sized(args.sized_accounts),
+        orphan_contacts=args.orphan_contacts,
+        contact_parented_contacts=args.contact_parented_contacts,
+        seed=args.seed,
+        history_days=args.history_days,
+    )
+
+
+def _print_how_to_connect(sim: Simulator, env_path: Path, json_path: Path) -> None:
     for key, value in sim.env("client_credentials").items():
         print(f"export {key}={shlex.quote(value)}")
     print(
@@ -138,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"# the same exports are in {env_path}; details in {json_path}")
     print(f"# admin API key: {sim.state_dir / ADMIN_KEY_FILE}; Ctrl-C stops", flush=True)
+
+
+def _serve_until_stopped(sim: Simulator) -> None:
+    """Serve until Ctrl-C or SIGTERM, then stop the simulator."""
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -149,7 +163,6 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
         sim.stop()
         print("simulator stopped", flush=True)
-    return 0
 
 
 if __name__ == "__main__":
