@@ -21,6 +21,19 @@ API_PATH = "/api/data/v9.2/"
 _LOGICAL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
 
 
+# Each connection setting (a field of ConnectionSettings) and the variable that sets it.
+CONNECTION_VARIABLES = {
+    "url": "DYNAMICS_URL",
+    "tenant_id": "DYNAMICS_TENANT_ID",
+    "client_id": "DYNAMICS_CLIENT_ID",
+    "client_secret": "DYNAMICS_CLIENT_SECRET",
+    "username": "DYNAMICS_USERNAME",
+    "password": "DYNAMICS_PASSWORD",
+    "authority_host": "DYNAMICS_AUTHORITY_HOST",
+    "ca_bundle": "DYNAMICS_CA_BUNDLE",
+}
+
+
 class SettingsError(ValueError):
     """A setting is missing or malformed. The message names the setting and the fix."""
 
@@ -62,47 +75,57 @@ class ConnectionSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ConnectionSettings:
         env = os.environ if env is None else env
-        missing = [
-            name
-            for name in (
-                "DYNAMICS_URL",
-                "DYNAMICS_TENANT_ID",
-                "DYNAMICS_CLIENT_ID",
-                "DYNAMICS_CLIENT_SECRET",
-            )
-            if not env.get(name)
-        ]
+        return cls.checked(**{f: env.get(name) for f, name in CONNECTION_VARIABLES.items()})
+
+    @classmethod
+    def checked(
+        cls,
+        *,
+        url: str | None,
+        tenant_id: str | None,
+        client_id: str | None,
+        client_secret: str | None,
+        username: str | None = None,
+        password: str | None = None,
+        authority_host: str | None = None,
+        ca_bundle: str | None = None,
+    ) -> ConnectionSettings:
+        """Validate and normalise the settings; an error names the variable to fix.
+        An empty value counts as unset."""
+        required = {
+            "url": url,
+            "tenant_id": tenant_id,
+            "client_id": client_id,
+            "client_secret": client_secret,
+        }
+        missing = [CONNECTION_VARIABLES[f] for f, value in required.items() if not value]
         if missing:
             raise SettingsError(
                 f"missing environment variable(s) {', '.join(missing)}: set them to the org URL "
                 "and the app registration's tenant id, client id and secret "
                 "(or run `dynsync demo` to use the built-in simulator)"
             )
-        username = env.get("DYNAMICS_USERNAME") or None
-        password = env.get("DYNAMICS_PASSWORD") or None
         if bool(username) != bool(password):
             raise SettingsError(
                 "DYNAMICS_USERNAME and DYNAMICS_PASSWORD go together: set both for the "
                 "username/password (ROPC) flow, or neither for client credentials"
             )
-        ca_bundle = env.get("DYNAMICS_CA_BUNDLE") or None
         if ca_bundle and not Path(ca_bundle).is_file():
             raise SettingsError(
                 f"DYNAMICS_CA_BUNDLE points at {ca_bundle!r}, which is not a file: "
                 "give the path of a PEM file with the CA certificate(s) to trust"
             )
         return cls(
-            url=_https_base_url("DYNAMICS_URL", env["DYNAMICS_URL"]),
-            tenant_id=env["DYNAMICS_TENANT_ID"].strip(),
-            client_id=env["DYNAMICS_CLIENT_ID"].strip(),
-            client_secret=env["DYNAMICS_CLIENT_SECRET"],
-            username=username,
-            password=password,
+            url=_https_base_url("DYNAMICS_URL", url),
+            tenant_id=tenant_id.strip(),
+            client_id=client_id.strip(),
+            client_secret=client_secret,
+            username=username or None,
+            password=password or None,
             authority_host=_https_base_url(
-                "DYNAMICS_AUTHORITY_HOST",
-                env.get("DYNAMICS_AUTHORITY_HOST") or DEFAULT_AUTHORITY_HOST,
+                "DYNAMICS_AUTHORITY_HOST", authority_host or DEFAULT_AUTHORITY_HOST
             ),
-            ca_bundle=ca_bundle,
+            ca_bundle=ca_bundle or None,
         )
 
 

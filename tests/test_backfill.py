@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -12,6 +12,7 @@ from dynsync_dagster.simulator import Simulator
 from dynsync_dagster.store.connection import open_store
 from dynsync_dagster.store.publish import writing
 from dynsync_dagster.sync.local_edit import set_account_field
+from tests.defs.support import bound_now
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,6 +27,12 @@ def env(sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path
     return db
 
 
+@pytest.fixture
+def definitions(env: Path, definitions: dg.Definitions) -> dg.Definitions:
+    """The session's code location, its resources bound to this test's variables."""
+    return bound_now(definitions)
+
+
 def _q(db: Path, sql: str, params: list | None = None) -> list[tuple]:
     with open_store(db, read_only=True) as con:
         return con.execute(sql, params or []).fetchall()
@@ -34,58 +41,23 @@ def _q(db: Path, sql: str, params: list | None = None) -> list[tuple]:
 def test_a_range_backfill_is_one_run_that_repairs_gaps_and_keeps_local_edits(
     env: Path, sim: Simulator, definitions
 ) -> None:
-    job = definitions.resolve_job_def("dynamics_sync_job")
     today = datetime.now(UTC).date()
     org = sim.org
     with dg.instance_for_test() as instance:
+        job = definitions.resolve_job_def("dynamics_sync_job")
         assert job.execute_in_process(instance=instance, partition_key=str(today)).success
 
-        # Pick two accounts last modified on different days of the history.
-        by_day = {}
-        for a in org.account_ids():
-            day = org.get_account(a)["modifiedon"].date()
-            if day < today:
-                by_day.setdefault(day, a)
-        days = sorted(by_day)[-3:]
-        assert len(days) == 3
+        days, by_day = _three_days_of_history(sim, today)
         damaged, edited = by_day[days[0]], by_day[days[2]]
-        # A gap: the store missed the latest version of one account (older data, other value).
-        with writing(env, wait_s=5, publish=False) as session:  # the file cycles write
-            session.con.execute(
-                "UPDATE accounts SET name = 'stale', versionnumber = versionnumber - 1000000 "
-                "WHERE accountid = ?",
-                [damaged],
-            )
-        contact = next(iter(org.contacts_of(edited)), None)
-        if contact is not None:
-            set_account_field(env, contact, "address1_city", "Kept locally")
+        _leave_a_gap(env, damaged)
+        contact = _edit_locally(env, sim, edited)
 
-        start, end = str(days[0]), str(days[2])
-        result = job.execute_in_process(
-            instance=instance,
-            tags={
-                "dagster/asset_partition_range_start": start,
-                "dagster/asset_partition_range_end": end,
-                "dagster/backfill": "test-backfill",
-            },
-        )
+        result = _backfill(job, instance, days[0], days[2])
         assert result.success
         runs = instance.get_runs()
         assert len(runs) == 2  # the whole range was one run
 
-    window_start, window_end, modes, read = _q(
-        env,
-        "SELECT window_start, window_end, account_mode, accounts_read FROM sync_runs "
-        "ORDER BY started_at DESC LIMIT 1",
-    )[0]
-    assert (window_start.date(), window_end.date()) == (days[0], days[2] + timedelta(days=1))
-    assert modes == "delta"  # the catch-up; the window columns say it was a backfill
-    in_range = [
-        a
-        for a in org.account_ids()
-        if days[0] <= org.get_account(a)["modifiedon"].date() <= days[2]
-    ]
-    assert read == len(in_range)
+    _assert_the_run_reread_the_range(env, sim, days)
     assert _q(env, "SELECT name FROM accounts WHERE accountid = ?", [damaged]) == [
         (org.get_account(damaged)["name"],)
     ]
@@ -97,6 +69,70 @@ def test_a_range_backfill_is_one_run_that_repairs_gaps_and_keeps_local_edits(
     # change tracking.
     modes_after = _q(env, "SELECT mode FROM sync_state ORDER BY entity")
     assert modes_after == [("delta",), ("delta",)]
+
+
+def _three_days_of_history(sim: Simulator, today: date) -> tuple[list[date], dict[date, str]]:
+    """The last three days before today on which an account was last modified, and one such
+    account per day."""
+    org = sim.org
+    by_day: dict[date, str] = {}
+    for a in org.account_ids():
+        day = org.get_account(a)["modifiedon"].date()
+        if day < today:
+            by_day.setdefault(day, a)
+    days = sorted(by_day)[-3:]
+    assert len(days) == 3
+    return days, by_day
+
+
+def _leave_a_gap(db: Path, account: str) -> None:
+    """The store missed the latest version of one account (older data, other value)."""
+    with writing(db, wait_s=5, publish=False) as session:  # the file cycles write
+        session.con.execute(
+            "UPDATE accounts SET name = 'stale', versionnumber = versionnumber - 1000000 "
+            "WHERE accountid = ?",
+            [account],
+        )
+
+
+def _edit_locally(db: Path, sim: Simulator, account: str) -> str | None:
+    """A local edit of the account's city through one of its contacts, if it has any."""
+    contact = next(iter(sim.org.contacts_of(account)), None)
+    if contact is not None:
+        set_account_field(db, contact, "address1_city", "Kept locally")
+    return contact
+
+
+def _backfill(
+    job, instance: dg.DagsterInstance, first: date, last: date
+) -> dg.ExecuteInProcessResult:
+    """A single-run backfill of the days first..last, as the UI launches one."""
+    return job.execute_in_process(
+        instance=instance,
+        tags={
+            "dagster/asset_partition_range_start": str(first),
+            "dagster/asset_partition_range_end": str(last),
+            "dagster/backfill": "test-backfill",
+        },
+    )
+
+
+def _assert_the_run_reread_the_range(db: Path, sim: Simulator, days: list[date]) -> None:
+    """The last sync_runs row is the backfill: its window, its mode, every account in range."""
+    window_start, window_end, modes, read = _q(
+        db,
+        "SELECT window_start, window_end, account_mode, accounts_read FROM sync_runs "
+        "ORDER BY started_at DESC LIMIT 1",
+    )[0]
+    assert (window_start.date(), window_end.date()) == (days[0], days[2] + timedelta(days=1))
+    assert modes == "delta"  # the catch-up; the window columns say it was a backfill
+    org = sim.org
+    in_range = [
+        a
+        for a in org.account_ids()
+        if days[0] <= org.get_account(a)["modifiedon"].date() <= days[2]
+    ]
+    assert read == len(in_range)
 
 
 def test_a_backfill_catches_up_first_so_it_ends_as_the_scheduled_cycle_would(

@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 
 from dynsync_dagster.simulator import Simulator
+from tests.defs.support import bound_now
 
 
 @pytest.fixture
@@ -21,10 +22,16 @@ def sync_env(sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     return db
 
 
+@pytest.fixture
+def definitions(sync_env: Path, definitions: dg.Definitions) -> dg.Definitions:
+    """The session's code location, its resources bound to this test's variables."""
+    return bound_now(definitions)
+
+
 def test_job_materializes_every_table_with_metadata(sync_env: Path, definitions) -> None:
-    job = definitions.resolve_job_def("dynamics_sync_job")
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     with dg.instance_for_test() as instance:
+        job = definitions.resolve_job_def("dynamics_sync_job")
         result = job.execute_in_process(instance=instance, partition_key=today)
         assert result.success
         mats = {
