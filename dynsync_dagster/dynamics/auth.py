@@ -66,8 +66,9 @@ class DynamicsSession(requests.Session):
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         method_s = (method.decode() if isinstance(method, bytes) else method).upper()
         url_s = url.decode() if isinstance(url, bytes) else url
-        # Second line of defence for SPEC rule 2: the only non-GET this session may send is
-        # MSAL's token POST to the authority host; never anything to the org's Web API.
+        # Second line of defence, after the client's GET-only transport: dynsync never writes
+        # to Dynamics. The only non-GET this session may send is MSAL's token POST to the
+        # authority host; never anything to the org's Web API.
         lowered = url_s.lower()
         if method_s != "GET" and (
             lowered.startswith(self._api_prefix) or not lowered.startswith(self._authority_prefix)

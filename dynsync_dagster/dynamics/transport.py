@@ -28,7 +28,7 @@ from dynsync_dagster.settings import ConnectionSettings
 
 log = logging.getLogger("dynsync.client")
 
-# The only HTTP method this module can send (SPEC rule 2: Dynamics is never written to).
+# The only HTTP method this module can send: dynsync never writes to Dynamics.
 _METHOD: Final = "GET"
 
 EXPIRED_VERSION_STAMP = "0x80044352"
