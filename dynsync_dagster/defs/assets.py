@@ -5,6 +5,7 @@ commits together or not at all, and the graph still shows each table and its lin
 """
 
 import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -111,7 +112,7 @@ def _window(context: dg.AssetExecutionContext) -> tuple[datetime, datetime] | No
 )
 def dynamics_sync(
     context: dg.AssetExecutionContext, dynamics: DynamicsResource, store: DynsyncStore
-):
+) -> Iterator[dg.MaterializeResult]:
     """One sync cycle: fetch what changed in Dynamics and apply the account-sync rules."""
     window = _window(context)
     trigger = context.run.tags.get("dynsync/trigger") or (
@@ -129,80 +130,90 @@ def dynamics_sync(
         f"{result.counts.activities_suppressed} suppressed"
     )
     selected = context.selected_asset_keys
-    for materialization in materializations(result, store):
+    for materialization in materializations(result):
         if materialization.asset_key in selected:
             yield materialization
 
 
-def materializations(result: CycleResult, store: DynsyncStore):
-    counts = result.counts
-    # Read by the cycle on its own connection: no second look at the store.
-    schemas, rows = result.table_schemas, result.table_rows
-    common = {
+def materializations(result: CycleResult) -> Iterator[dg.MaterializeResult]:
+    """One result per table, each with its row count, schema, lineage and the cycle's figures."""
+    for table, figures in (
+        ("sync_fields", _field_figures(result)),
+        ("accounts", _account_figures(result)),
+        ("contacts", _contact_figures(result)),
+        ("activity_log", _activity_figures(result)),
+        ("sync_runs", _run_figures(result)),
+    ):
+        # Row counts and schemas were read by the cycle on its own connection: no second look
+        # at the store.
+        meta = _table_meta(table, result.table_schemas, result.table_rows, result.plan)
+        yield dg.MaterializeResult(asset_key=table, metadata={**meta, **figures})
+
+
+def _common(result: CycleResult) -> dict:
+    return {
         "dynsync/run_id": result.run_id,
         "dynsync/modes": dg.MetadataValue.json(result.modes),
     }
-    yield dg.MaterializeResult(
-        asset_key="sync_fields",
-        metadata={
-            **_table_meta("sync_fields", schemas, rows, result.plan),
-            "fields_excluded": dg.MetadataValue.md(_excluded_markdown(result.plan)),
-            "sync_user_is_admin": result.plan.sync_user_is_admin,
-            "change_tracking": dg.MetadataValue.json(result.plan.change_tracking),
-            "warnings": dg.MetadataValue.json(result.plan.warnings),
-        },
-    )
-    yield dg.MaterializeResult(
-        asset_key="accounts",
-        metadata={
-            **_table_meta("accounts", schemas, rows, result.plan),
-            **common,
-            "records_read": result.rows_read.get("account", 0),
-            "deletions_read": result.deletions_read.get("account", 0),
-            "records_upserted": counts.accounts_upserted,
-            "records_deleted": counts.accounts_deleted,
-            "local_edits_overwritten": counts.local_edits_overwritten,
-            **_reader_meta(result, "account"),
-        },
-    )
-    yield dg.MaterializeResult(
-        asset_key="contacts",
-        metadata={
-            **_table_meta("contacts", schemas, rows, result.plan),
-            **common,
-            "records_read": result.rows_read.get("contact", 0),
-            "deletions_read": result.deletions_read.get("contact", 0),
-            "records_upserted": counts.contacts_upserted,
-            "records_deleted": counts.contacts_deleted,
-            "contacts_repropagated": counts.contacts_repropagated,
-            **_reader_meta(result, "contact"),
-        },
-    )
-    yield dg.MaterializeResult(
-        asset_key="activity_log",
-        metadata={
-            **_table_meta("activity_log", schemas, rows, result.plan),
-            **common,
-            "activities_logged": counts.activities_logged,
-            "activities_suppressed": counts.activities_suppressed,
-            "suppressed_accounts": dg.MetadataValue.json(counts.suppressed_accounts),
-        },
-    )
+
+
+def _field_figures(result: CycleResult) -> dict:
+    return {
+        "fields_excluded": dg.MetadataValue.md(_excluded_markdown(result.plan)),
+        "sync_user_is_admin": result.plan.sync_user_is_admin,
+        "change_tracking": dg.MetadataValue.json(result.plan.change_tracking),
+        "warnings": dg.MetadataValue.json(result.plan.warnings),
+    }
+
+
+def _account_figures(result: CycleResult) -> dict:
+    counts = result.counts
+    return {
+        **_common(result),
+        "records_read": result.rows_read.get("account", 0),
+        "deletions_read": result.deletions_read.get("account", 0),
+        "records_upserted": counts.accounts_upserted,
+        "records_deleted": counts.accounts_deleted,
+        "local_edits_overwritten": counts.local_edits_overwritten,
+        **_reader_meta(result, "account"),
+    }
+
+
+def _contact_figures(result: CycleResult) -> dict:
+    counts = result.counts
+    return {
+        **_common(result),
+        "records_read": result.rows_read.get("contact", 0),
+        "deletions_read": result.deletions_read.get("contact", 0),
+        "records_upserted": counts.contacts_upserted,
+        "records_deleted": counts.contacts_deleted,
+        "contacts_repropagated": counts.contacts_repropagated,
+        **_reader_meta(result, "contact"),
+    }
+
+
+def _activity_figures(result: CycleResult) -> dict:
+    counts = result.counts
+    return {
+        **_common(result),
+        "activities_logged": counts.activities_logged,
+        "activities_suppressed": counts.activities_suppressed,
+        "suppressed_accounts": dg.MetadataValue.json(counts.suppressed_accounts),
+    }
+
+
+def _run_figures(result: CycleResult) -> dict:
     stats = result.stats
-    yield dg.MaterializeResult(
-        asset_key="sync_runs",
-        metadata={
-            **_table_meta("sync_runs", schemas, rows, result.plan),
-            **common,
-            "requests": stats.requests,
-            "retries": stats.retries,
-            "throttled": stats.throttled,
-            "throttle_wait_s": round(stats.throttle_wait_s, 3),
-            "backoff_wait_s": round(stats.backoff_wait_s, 3),
-            "fetch_s": round(result.fetch_s, 3),
-            "write_s": round(result.write_s, 3),
-        },
-    )
+    return {
+        **_common(result),
+        "requests": stats.requests,
+        "retries": stats.retries,
+        "throttled": stats.throttled,
+        "throttle_wait_s": round(stats.throttle_wait_s, 3),
+        "backoff_wait_s": round(stats.backoff_wait_s, 3),
+        "fetch_s": round(result.fetch_s, 3),
+        "write_s": round(result.write_s, 3),
+    }
 
 
 def _table_meta(table: str, schemas: dict, rows: dict, plan: FieldPlan) -> dict:

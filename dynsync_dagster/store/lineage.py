@@ -7,7 +7,7 @@ from datetime import datetime
 
 import duckdb
 
-from dynsync_dagster.dynamics.fields import SYSTEM_FIELDS, FieldPlan
+from dynsync_dagster.dynamics.fields import SYSTEM_FIELDS, FieldPlan, FieldSpec
 from dynsync_dagster.store.schema import BASE_COLUMNS, insert_values
 
 _BASE_DESCRIPTIONS = {
@@ -40,73 +40,69 @@ class ColumnSource:
 
 
 def column_sources(plan: FieldPlan) -> list[ColumnSource]:
+    """Every stored column of accounts and contacts and the column it is read or copied from."""
     out: list[ColumnSource] = []
     for table, entity in (("accounts", "account"), ("contacts", "contact")):
-        for col in BASE_COLUMNS[table]:
-            if col in SYSTEM_FIELDS[entity] and (table, col) not in _DERIVED:
-                api = f"_{col}_value" if col in ("parentcustomerid",) else col
-                out.append(
-                    ColumnSource(
-                        table,
-                        col,
-                        f"dynamics.{entity}",
-                        api,
-                        f"{_BASE_DESCRIPTIONS.get(col, col)}; from Dynamics {entity}.{api}",
-                    )
-                )
+        out += _system_columns(table, entity)
         for f in plan.synced(entity):
-            out.append(
-                ColumnSource(
-                    table,
-                    f.name,
-                    f"dynamics.{entity}",
-                    f.api_name,
-                    f"Dynamics {entity}.{f.name} ({f.type_name})",
-                )
-            )
-            if f.label_column:
-                out.append(
-                    ColumnSource(
-                        table,
-                        f.label_column,
-                        f"dynamics.{entity}",
-                        f.api_name,
-                        f"Label of {entity}.{f.name} (its FormattedValue)",
-                    )
-                )
-            if f.target_column:
-                out.append(
-                    ColumnSource(
-                        table,
-                        f.target_column,
-                        f"dynamics.{entity}",
-                        f.api_name,
-                        f"Table {entity}.{f.name} points to (lookuplogicalname)",
-                    )
-                )
-    out.append(
+            out += _field_columns(table, entity, f)
+    out.append(_CONTACT_ACCOUNT)
+    out += _copied_account_columns(plan)
+    return out
+
+
+def _system_columns(table: str, entity: str) -> list[ColumnSource]:
+    """The Dynamics system fields every row has (key, modifiedon, versionnumber, ...)."""
+    out = []
+    for col in BASE_COLUMNS[table]:
+        if col in SYSTEM_FIELDS[entity] and (table, col) not in _DERIVED:
+            api = f"_{col}_value" if col == "parentcustomerid" else col
+            what = f"{_BASE_DESCRIPTIONS.get(col, col)}; from Dynamics {entity}.{api}"
+            out.append(ColumnSource(table, col, f"dynamics.{entity}", api, what))
+    return out
+
+
+def _field_columns(table: str, entity: str, f: FieldSpec) -> list[ColumnSource]:
+    """A synced field's value, and for a choice its label, for a lookup its target table."""
+    source = f"dynamics.{entity}"
+    out = [
+        ColumnSource(
+            table, f.name, source, f.api_name, f"Dynamics {entity}.{f.name} ({f.type_name})"
+        )
+    ]
+    if f.label_column:
+        what = f"Label of {entity}.{f.name} (its FormattedValue)"
+        out.append(ColumnSource(table, f.label_column, source, f.api_name, what))
+    if f.target_column:
+        what = f"Table {entity}.{f.name} points to (lookuplogicalname)"
+        out.append(ColumnSource(table, f.target_column, source, f.api_name, what))
+    return out
+
+
+_CONTACT_ACCOUNT = ColumnSource(
+    "contacts",
+    "accountid",
+    "dynamics.contact",
+    "_parentcustomerid_value",
+    "The contact's account: its parent customer lookup (Dynamics "
+    "contact.parentcustomerid) when that points to an account, else NULL",
+)
+
+
+def _copied_account_columns(plan: FieldPlan) -> list[ColumnSource]:
+    """contacts.account_<column>: each column of each synced account field, copied on."""
+    return [
         ColumnSource(
             "contacts",
-            "accountid",
-            "dynamics.contact",
-            "_parentcustomerid_value",
-            "The contact's account: its parent customer lookup (Dynamics "
-            "contact.parentcustomerid) when that points to an account, else NULL",
+            f"account_{col}",
+            "accounts",
+            col,
+            f"Copied from accounts.{col} of the contact's account "
+            f"(Dynamics account.{f.name}), or a pending local edit",
         )
-    )
-    for f in plan.synced("account"):
-        for col, _t in f.columns():
-            out.append(
-                ColumnSource(
-                    "contacts",
-                    f"account_{col}",
-                    "accounts",
-                    col,
-                    f"Copied from accounts.{col} of the contact's account "
-                    f"(Dynamics account.{f.name}), or a pending local edit",
-                )
-            )
-    return out
+        for f in plan.synced("account")
+        for col, _t in f.columns()
+    ]
 
 
 def write_lineage(con: duckdb.DuckDBPyConnection, plan: FieldPlan, now: datetime) -> None:
@@ -121,8 +117,9 @@ def write_lineage(con: duckdb.DuckDBPyConnection, plan: FieldPlan, now: datetime
 
 
 def _activity_value_sources(plan: FieldPlan) -> list[tuple[str, str, str, str, str]]:
-    """activity_log's old_value and new_value: the contact's copy of the field, as Dynamics shows
-    it (merge.activity_value_sql): a choice by its label, the code only when it has none."""
+    """activity_log's old_value and new_value: the contact's copy of the field, as Dynamics
+    shows it (activity_value_sql in sync/activity.py): a choice by its label, the code only
+    when it has none."""
     rows = []
     for f in plan.synced("account"):
         for col, when in (("old_value", "before"), ("new_value", "after")):
