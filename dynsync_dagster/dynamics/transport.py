@@ -31,7 +31,7 @@ log = logging.getLogger("dynsync.client")
 # The only HTTP method this module can send: dynsync never writes to Dynamics.
 _METHOD: Final = "GET"
 
-EXPIRED_VERSION_STAMP = "0x80044352"
+_EXPIRED_VERSION_STAMP = "0x80044352"
 _UNEXPECTED_ERROR = "0x80040216"  # generic 500, sometimes transient
 _RETRY_STATUSES = frozenset({502, 503, 504})
 # 0x80040216 is sometimes transient and sometimes a lasting fault: retry it a few times only.
@@ -118,10 +118,10 @@ class Transport:
         timeout_s: float,
         sleep: Callable[[float], None],
     ) -> None:
-        self.tokens = tokens  # public: tests read the token to check it never leaks
-        self._session = session
         self.stats = ClientStats()
+        self.tokens = tokens  # public: tests read the token to check it never leaks
         self._conn = conn
+        self._session = session
         self._retry = retry
         self._timeout_s = timeout_s
         self._sleep = sleep
@@ -142,7 +142,7 @@ class Transport:
             if outcome.throttled:
                 self.stats.throttled += 1
             self._give_up_if_spent(state, outcome)
-            self._log_retry(state, outcome)
+            self._record_retry(state, outcome)
             state.waited_s += outcome.wait_s
             self._sleep(outcome.wait_s)
 
@@ -166,8 +166,8 @@ class Transport:
                 return self._retry_later(state, exc)
             if raw.status_code == 200:
                 return self._decoded(state, content, decode)
-            err = error_from(raw, content, state.url)
-            if err.code == EXPIRED_VERSION_STAMP:
+            err = _error_from(raw, content, state.url)
+            if err.code == _EXPIRED_VERSION_STAMP:
                 raise _expired(err)
             if raw.status_code == 401 and not state.unauthorized_retried:
                 self._renew_token(state)
@@ -300,7 +300,8 @@ class Transport:
             url=short_url(state.url),
         ) from None
 
-    def _log_retry(self, state: _Attempt, retry: _Retry) -> None:
+    def _record_retry(self, state: _Attempt, retry: _Retry) -> None:
+        """Count the retry and its wait, and say in the log why it waits."""
         self.stats.retries += 1
         err, wait = retry.error, retry.wait_s
         if retry.throttled:
@@ -365,7 +366,7 @@ def _expired(err: DynamicsError) -> ExpiredDeltaToken:
     )
 
 
-def error_from(resp: requests.Response, content: bytes, url: str) -> DynamicsError:
+def _error_from(resp: requests.Response, content: bytes, url: str) -> DynamicsError:
     """A DynamicsError from a Dataverse error body `{"error": {"code", "message"}}`."""
     code, message = _error_body(content)
     if not message:
