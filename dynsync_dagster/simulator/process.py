@@ -66,7 +66,10 @@ class SimulatorProcess:
         return None if self.proc is None else self.proc.poll()
 
     def start(self, timeout_s: float = 600) -> SimulatorProcess:
-        """Start it and wait until it listens; SimulatorStartError (and stopped) if it does not."""
+        """Start it and wait until it listens; SimulatorStartError (and stopped) if it does not.
+        Starting one that is already running does nothing (so `with p.start():` is safe)."""
+        if self.proc is not None and self.proc.poll() is None:
+            return self
         started = time.monotonic()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
