@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import REPO
+
 SCRIPT = REPO / "benchmarks" / "run.py"
 
 # The headings benchmarks/run.py writes, in order.

@@ -10,8 +10,8 @@ import duckdb
 from dynsync_dagster.dynamics.fields import FieldPlan, FieldSpec
 
 # Columns dynsync maintains itself; every other column of accounts/contacts is a synced field.
-ACCOUNT_BASE = {
-    "accountid": "UUID",
+# Every synced record's version and dynsync's own bookkeeping of it.
+_TRACKED = {
     "modifiedon": "TIMESTAMPTZ",
     "versionnumber": "BIGINT",
     "is_deleted": "BOOLEAN NOT NULL DEFAULT false",
@@ -20,18 +20,13 @@ ACCOUNT_BASE = {
     "last_synced_at": "TIMESTAMPTZ",
     "last_run_id": "VARCHAR",
 }
+ACCOUNT_BASE = {"accountid": "UUID", **_TRACKED}
 CONTACT_BASE = {
     "contactid": "UUID",
     "accountid": "UUID",
     "parentcustomerid": "UUID",
     "parentcustomerid_type": "VARCHAR",
-    "modifiedon": "TIMESTAMPTZ",
-    "versionnumber": "BIGINT",
-    "is_deleted": "BOOLEAN NOT NULL DEFAULT false",
-    "deleted_at": "TIMESTAMPTZ",
-    "first_synced_at": "TIMESTAMPTZ",
-    "last_synced_at": "TIMESTAMPTZ",
-    "last_run_id": "VARCHAR",
+    **_TRACKED,
 }
 BASE_COLUMNS = {"accounts": ACCOUNT_BASE, "contacts": CONTACT_BASE}
 

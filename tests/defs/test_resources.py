@@ -16,7 +16,7 @@ from dynsync_dagster.settings import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_DUCKDB_PATH,
 )
-from tests.defs.support import bound_now
+from tests.support import bound_now
 
 REQUIRED = {
     "DYNAMICS_URL": "https://contoso.crm.dynamics.com",

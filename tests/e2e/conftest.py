@@ -24,8 +24,8 @@ import pytest
 import requests
 
 from dynsync_dagster.simulator import DatasetSpec, Simulator
+from tests.support import REPO as REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 150
 STOP_TIMEOUT_S = 30
 

@@ -35,9 +35,9 @@ from dynsync_dagster.simulator.schema import INDUSTRY_OPTIONS
 from dynsync_dagster.store.connection import open_store
 from dynsync_dagster.sync.cycle import CycleOptions, run_cycle
 from dynsync_dagster.sync.local_edit import LocalEditError, set_account_field
+from tests.support import Sleeps, fast_client
 
 from .model import ACCOUNT_KINDS, CONTACT_KINDS, LocalEditRefused, Model, Snapshot
-from .support import Sleeps, fast_client
 
 RESULTS = Path(__file__).with_name("SOAK_RESULTS.md")
 CONTACT_LIMIT = 6

@@ -18,8 +18,16 @@ from pathlib import Path
 import pytest
 
 from dynsync_dagster.simulator import Simulator
-
-from .support import REPO, TINY, canonical, clean_env, closed_port, cycle, run_cli, sync_settings
+from tests.support import (
+    REPO,
+    TINY,
+    canonical,
+    clean_env,
+    closed_port,
+    cycle,
+    run_cli,
+    sync_settings,
+)
 
 GOOD_YAML = "account_fields: [name, industrycode, revenue]\ncontact_fields: [firstname]\n"
 

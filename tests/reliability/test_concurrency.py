@@ -22,8 +22,7 @@ import pytest
 from dynsync_dagster.simulator import Simulator
 from dynsync_dagster.store.connection import StoreBusyError, cycle_lock, open_store
 from dynsync_dagster.sync.local_edit import set_account_field
-
-from .support import (
+from tests.support import (
     REPO,
     TINY,
     Zygote,

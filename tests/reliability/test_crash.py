@@ -16,8 +16,7 @@ from pathlib import Path
 from dynsync_dagster.settings import SyncSettings
 from dynsync_dagster.simulator import Simulator
 from dynsync_dagster.store.connection import open_store
-
-from .support import (
+from tests.support import (
     ACCOUNT_FIELDS,
     BOOKKEEPING,
     CONTACT_FIELDS,

@@ -29,8 +29,7 @@ from dynsync_dagster.simulator import Simulator
 from dynsync_dagster.simulator.schema import INDUSTRY_OPTIONS
 from dynsync_dagster.store.connection import open_store
 from dynsync_dagster.sync.cycle import run_cycle
-
-from .support import (
+from tests.support import (
     Sleeps,
     activity_rows,
     canonical,

@@ -27,12 +27,12 @@ from dynsync_dagster.settings import ConnectionSettings, SettingsError, SyncSett
 from dynsync_dagster.simulator import Simulator
 from dynsync_dagster.sync.cycle import run_cycle
 from dynsync_dagster.sync.local_edit import LocalEditError, set_account_field
-
-from .support import (
+from tests.support import (
     REPO,
     TINY,
     Zygote,
     activity_rows,
+    bound_now,
     canonical,
     clean_env,
     connection,
@@ -147,10 +147,11 @@ def test_no_secret_in_dagster_run_config_metadata_or_event_log(
     db = tmp_path / "dagster" / "dynsync.duckdb"
     monkeypatch.setenv("DYNSYNC_DUCKDB_PATH", str(db))
     monkeypatch.setenv("DYNSYNC_CONFIG", str(REPO / "dynsync.yaml"))
-    job = definitions.resolve_job_def("dynamics_sync_job")
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     haystacks: dict[str, str | bytes] = {}
     with dg.instance_for_test() as instance:
+        # Bound to the variables set now (a code location binds the ones set when it loads).
+        job = bound_now(definitions).resolve_job_def("dynamics_sync_job")
         tiny.faults.inject("401", times=1, path_contains="/contacts")
         ok = job.execute_in_process(instance=instance, partition_key=today)
         assert ok.success

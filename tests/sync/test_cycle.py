@@ -9,8 +9,7 @@ import pytest
 from dynsync_dagster.dynamics.fields import FieldSelectionError
 from dynsync_dagster.store.connection import open_store, working_path
 from dynsync_dagster.store.publish import read_record
-
-from .conftest import Harness
+from tests.support import Harness
 
 
 def test_full_sync_counts_and_values_equal_the_simulator(harness: Harness) -> None:

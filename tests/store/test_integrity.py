@@ -8,8 +8,7 @@ from dynsync_dagster.store import integrity
 from dynsync_dagster.store.connection import open_store
 from dynsync_dagster.store.publish import bump_generation, writing
 from dynsync_dagster.sync.local_edit import set_account_field
-
-from .conftest import Harness
+from tests.support import Harness
 
 
 def _findings(harness: Harness, now: datetime | None = None) -> dict[str, integrity.Finding]:

@@ -15,17 +15,19 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from dynsync_dagster.simulator import Simulator
 from dynsync_dagster.store.connection import StoreBusyError, open_store, working_path
 from dynsync_dagster.store.publish import open_published, read_record
-
-from .support import (
+from tests.support import (
     REPO,
     Zygote,
+    bound_now,
     canonical,
     clean_env,
     crash_job,
@@ -40,7 +42,7 @@ FIELDS = ("name", "address1_city", "numberofemployees")
 
 def _reader(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.reliability.readers", *args],
+        [sys.executable, "-m", "tests.store.readers", *args],
         cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -86,6 +88,7 @@ def test_a_reader_holding_the_file_never_stops_cycles_or_edits(
     tmp_path: Path,
     cli_env: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
+    definitions: dg.Definitions,
 ) -> None:
     (tmp_path / "dagster_home").mkdir()
     first = run_cli(["sync"], cli_env, tmp_path)
@@ -108,16 +111,18 @@ def test_a_reader_holding_the_file_never_stops_cycles_or_edits(
         for key, value in cli_env.items():
             monkeypatch.setenv(key, value)
         _rename_some(tiny, "Dagster")
-        from dynsync_dagster.commands.runs import run_sync_job
-        from dynsync_dagster.definitions import defs
-
-        sync_run = run_sync_job("test")
-        checks = sync_run.get_asset_check_evaluations()
-        assert checks and all(c.passed for c in checks), [c.description for c in checks]
-        edit = defs().resolve_job_def("local_edit_job").execute_in_process(
-            run_config={"ops": {"set_account_field_locally": {"config": {
-                "contact_id": contact, "field": "numberofemployees", "value": "77"}}}},
-        )  # fmt: skip
+        with dg.instance_for_test() as instance:
+            located = bound_now(definitions)  # bound to the variables just set
+            sync_run = located.resolve_job_def("dynamics_sync_job").execute_in_process(
+                instance=instance, partition_key=datetime.now(UTC).strftime("%Y-%m-%d")
+            )
+            checks = sync_run.get_asset_check_evaluations()
+            assert checks and all(c.passed for c in checks), [c.description for c in checks]
+            edit = located.resolve_job_def("local_edit_job").execute_in_process(
+                instance=instance,
+                run_config={"ops": {"set_account_field_locally": {"config": {
+                    "contact_id": contact, "field": "numberofemployees", "value": "77"}}}},
+            )  # fmt: skip
         assert edit.success
         assert _ask(holder) == held
 

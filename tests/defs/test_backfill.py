@@ -6,31 +6,11 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from dynsync_dagster.simulator import Simulator
 from dynsync_dagster.store.connection import open_store
 from dynsync_dagster.store.publish import writing
 from dynsync_dagster.sync.local_edit import set_account_field
-from tests.defs.support import bound_now
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def env(sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for key, value in sim.env(flow="client_credentials").items():
-        monkeypatch.setenv(key, value)
-    db = tmp_path / "backfill.duckdb"
-    monkeypatch.setenv("DYNSYNC_DUCKDB_PATH", str(db))
-    monkeypatch.setenv("DYNSYNC_CONFIG", str(REPO / "dynsync.yaml"))
-    return db
-
-
-@pytest.fixture
-def definitions(env: Path, definitions: dg.Definitions) -> dg.Definitions:
-    """The session's code location, its resources bound to this test's variables."""
-    return bound_now(definitions)
 
 
 def _q(db: Path, sql: str, params: list | None = None) -> list[tuple]:
@@ -39,35 +19,37 @@ def _q(db: Path, sql: str, params: list | None = None) -> list[tuple]:
 
 
 def test_a_range_backfill_is_one_run_that_repairs_gaps_and_keeps_local_edits(
-    env: Path, sim: Simulator, definitions
+    sync_env: Path, sim: Simulator, bound_definitions
 ) -> None:
     today = datetime.now(UTC).date()
     org = sim.org
     with dg.instance_for_test() as instance:
-        job = definitions.resolve_job_def("dynamics_sync_job")
+        job = bound_definitions.resolve_job_def("dynamics_sync_job")
         assert job.execute_in_process(instance=instance, partition_key=str(today)).success
 
         days, by_day = _three_days_of_history(sim, today)
         damaged, edited = by_day[days[0]], by_day[days[2]]
-        _leave_a_gap(env, damaged)
-        contact = _edit_locally(env, sim, edited)
+        _leave_a_gap(sync_env, damaged)
+        contact = _edit_locally(sync_env, sim, edited)
 
         result = _backfill(job, instance, days[0], days[2])
         assert result.success
         runs = instance.get_runs()
         assert len(runs) == 2  # the whole range was one run
 
-    _assert_the_run_reread_the_range(env, sim, days)
-    assert _q(env, "SELECT name FROM accounts WHERE accountid = ?", [damaged]) == [
+    _assert_the_run_reread_the_range(sync_env, sim, days)
+    assert _q(sync_env, "SELECT name FROM accounts WHERE accountid = ?", [damaged]) == [
         (org.get_account(damaged)["name"],)
     ]
     if contact is not None:
         assert _q(
-            env, "SELECT DISTINCT account_address1_city FROM contacts WHERE accountid = ?", [edited]
+            sync_env,
+            "SELECT DISTINCT account_address1_city FROM contacts WHERE accountid = ?",
+            [edited],
         ) == [("Kept locally",)]
     # Nothing changed since the first cycle, so the catch-up read nothing; the readers stay on
     # change tracking.
-    modes_after = _q(env, "SELECT mode FROM sync_state ORDER BY entity")
+    modes_after = _q(sync_env, "SELECT mode FROM sync_state ORDER BY entity")
     assert modes_after == [("delta",), ("delta",)]
 
 
@@ -140,7 +122,7 @@ def test_a_backfill_catches_up_first_so_it_ends_as_the_scheduled_cycle_would(
 ) -> None:
     """A window read cannot see deletions: without the catch-up, a backfill that ran before
     the scheduled cycle propagated an account change onto a contact Dynamics had deleted."""
-    from tests.reliability.support import canonical, cycle, sync_settings
+    from tests.support import canonical, cycle, sync_settings
 
     settings = sync_settings(("name", "address1_city"), ("firstname",))
     store, control = tmp_path / "backfilled.duckdb", tmp_path / "scheduled.duckdb"

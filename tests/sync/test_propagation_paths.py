@@ -14,8 +14,7 @@ from dynsync_dagster.store.connection import open_store
 from dynsync_dagster.store.integrity import propagation_consistent
 from dynsync_dagster.sync import rules
 from dynsync_dagster.sync.local_edit import set_account_field
-
-from .conftest import Harness
+from tests.support import Harness
 
 
 def _sized(sim: Simulator, n: int) -> str:

@@ -11,8 +11,7 @@ from dynsync_dagster.dynamics.client import DynamicsClient, RetryPolicy
 from dynsync_dagster.dynamics.errors import TransientError
 from dynsync_dagster.simulator import DatasetSpec, Simulator
 from dynsync_dagster.sync.cycle import CycleOptions, run_cycle
-
-from .conftest import Harness, settings
+from tests.support import Harness, sync_settings
 
 
 def _sized(harness: Harness, n: int) -> str:
@@ -210,7 +209,9 @@ def big_sim(tmp_path):
 
 def test_5000_contacts_log_and_5001_do_not(big_sim: Simulator, tmp_path) -> None:
     h = Harness(big_sim, tmp_path / "big.duckdb")
-    h.settings = settings(account_fields=("name", "address1_city"), contact_fields=("firstname",))
+    h.settings = sync_settings(
+        account_fields=("name", "address1_city"), contact_fields=("firstname",)
+    )
     h.cycle()
     org = big_sim.org
     at = next(a for a in org.account_ids() if len(org.contacts_of(a)) == 5000)

@@ -14,8 +14,7 @@ from dynsync_dagster.dynamics.fields import resolve_fields
 from dynsync_dagster.settings import ConnectionSettings
 from dynsync_dagster.simulator import Simulator
 from dynsync_dagster.sync.cycle import CycleOptions, run_cycle
-
-from .conftest import ACCOUNT_FIELDS, CONTACT_FIELDS, SMALL, settings
+from tests.support import RULES_ACCOUNT_FIELDS, RULES_CONTACT_FIELDS, SMALL, sync_settings
 
 
 @pytest.fixture
@@ -50,7 +49,7 @@ def test_default_simulator_still_answers_roles(sim: Simulator) -> None:
 
 def test_fields_fall_back_to_column_privileges(no_role_sim: Simulator) -> None:
     with DynamicsClient(_conn(no_role_sim, "client_credentials")) as client:
-        plan = resolve_fields(client, ACCOUNT_FIELDS, CONTACT_FIELDS)
+        plan = resolve_fields(client, RULES_ACCOUNT_FIELDS, RULES_CONTACT_FIELDS)
     assert plan.sync_user_is_admin is False
     [warning] = plan.warnings
     assert "could not read the sync user's security roles" in warning
@@ -72,7 +71,7 @@ def test_cycle_succeeds_and_warns_once(
     with caplog.at_level(logging.WARNING, logger="dynsync"):
         result = run_cycle(
             _conn(no_role_sim, "client_credentials"),
-            settings(),
+            sync_settings(RULES_ACCOUNT_FIELDS, RULES_CONTACT_FIELDS),
             tmp_path / "dynsync.duckdb",
             CycleOptions(),
         )
@@ -97,7 +96,7 @@ def test_column_privileges_403_leaves_secured_columns_out(tmp_path: Path) -> Non
             client.attribute_privileges(user_id)
         assert (caught.value.status, caught.value.code) == (403, "0x80040220")
         assert "is missing prvReadUser privilege" in caught.value.message
-        plan = resolve_fields(client, ACCOUNT_FIELDS, CONTACT_FIELDS)
+        plan = resolve_fields(client, RULES_ACCOUNT_FIELDS, RULES_CONTACT_FIELDS)
     assert len(plan.warnings) == 2
     assert "column privileges" in plan.warnings[1] and "prvReadUser" in plan.warnings[1]
     synced = {(f.entity, f.name) for e in ("account", "contact") for f in plan.synced(e)}

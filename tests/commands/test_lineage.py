@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from dynsync_dagster.simulator import Simulator
-
-from .test_cli import REPO, _base_env, _run
+from tests.commands.test_cli import REPO, _base_env, _run
 
 
 @pytest.fixture

@@ -6,32 +6,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
-import pytest
-
-from dynsync_dagster.simulator import Simulator
-from tests.defs.support import bound_now
 
 
-@pytest.fixture
-def sync_env(sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for key, value in sim.env(flow="client_credentials").items():
-        monkeypatch.setenv(key, value)
-    db = tmp_path / "dagster.duckdb"
-    monkeypatch.setenv("DYNSYNC_DUCKDB_PATH", str(db))
-    monkeypatch.setenv("DYNSYNC_CONFIG", str(Path(__file__).parent.parent / "dynsync.yaml"))
-    return db
-
-
-@pytest.fixture
-def definitions(sync_env: Path, definitions: dg.Definitions) -> dg.Definitions:
-    """The session's code location, its resources bound to this test's variables."""
-    return bound_now(definitions)
-
-
-def test_job_materializes_every_table_with_metadata(sync_env: Path, definitions) -> None:
+def test_job_materializes_every_table_with_metadata(sync_env: Path, bound_definitions) -> None:
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     with dg.instance_for_test() as instance:
-        job = definitions.resolve_job_def("dynamics_sync_job")
+        job = bound_definitions.resolve_job_def("dynamics_sync_job")
         result = job.execute_in_process(instance=instance, partition_key=today)
         assert result.success
         mats = {
@@ -61,7 +41,7 @@ def test_job_materializes_every_table_with_metadata(sync_env: Path, definitions)
         assert again["accounts"].metadata["records_read"].value == 0
 
 
-def test_local_edit_job_does_what_the_cli_does(sync_env: Path, definitions, sim) -> None:
+def test_local_edit_job_does_what_the_cli_does(sync_env: Path, bound_definitions, sim) -> None:
     from dynsync_dagster.store.connection import open_store
 
     today = datetime.now(UTC).strftime("%Y-%m-%d")
@@ -70,11 +50,11 @@ def test_local_edit_job_does_what_the_cli_does(sync_env: Path, definitions, sim)
     contact = org.contacts_of(account)[0]
     with dg.instance_for_test() as instance:
         assert (
-            definitions.resolve_job_def("dynamics_sync_job")
+            bound_definitions.resolve_job_def("dynamics_sync_job")
             .execute_in_process(instance=instance, partition_key=today)
             .success
         )
-        edit = definitions.resolve_job_def("local_edit_job")
+        edit = bound_definitions.resolve_job_def("local_edit_job")
         config = {
             "ops": {
                 "set_account_field_locally": {
@@ -108,7 +88,7 @@ def test_local_edit_job_does_what_the_cli_does(sync_env: Path, definitions, sim)
         failure = refused.get_step_failure_events()[0].step_failure_data
         assert "accounts are created in Dynamics only" in failure.user_failure_data.description
         # Every check passes after a sync and a local edit.
-        sync = definitions.resolve_job_def("dynamics_sync_job").execute_in_process(
+        sync = bound_definitions.resolve_job_def("dynamics_sync_job").execute_in_process(
             instance=instance, partition_key=today
         )
         checks = sync.get_asset_check_evaluations()
@@ -118,7 +98,7 @@ def test_local_edit_job_does_what_the_cli_does(sync_env: Path, definitions, sim)
 
 
 def test_a_partial_selection_runs_a_whole_cycle_and_reports_only_the_selection(
-    sync_env: Path, definitions
+    sync_env: Path, bound_definitions
 ) -> None:
     from dynsync_dagster.defs.assets import dynamics_sync
     from dynsync_dagster.defs.resources import build_resources

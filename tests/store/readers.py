@@ -1,9 +1,9 @@
 """Reader processes for test_readers.py, as analysts' tools open the published store.
 
-python -m tests.reliability.readers hold PATH read_only|read_write
+python -m tests.store.readers hold PATH read_only|read_write
     opens PATH once and keeps it open; each `query` line on stdin prints what it sees (one
     JSON line), `exit` ends it: a notebook, the DuckDB CLI or a BI tool left open.
-python -m tests.reliability.readers flicker PATH STOPFILE
+python -m tests.store.readers flicker PATH STOPFILE
     opens, queries and closes PATH every few milliseconds until STOPFILE exists, then
     prints one JSON summary: dashboards that reconnect for every query.
 """

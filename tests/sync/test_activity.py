@@ -8,8 +8,7 @@ import pytest
 
 from dynsync_dagster.simulator.schema import INDUSTRY_OPTIONS
 from dynsync_dagster.sync.local_edit import set_account_field
-
-from .conftest import Harness
+from tests.support import Harness
 
 LABELS = dict(INDUSTRY_OPTIONS)
 # A decimal with two places and one with none (DECIMAL(38,0): its zeros are significant).

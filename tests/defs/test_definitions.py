@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from dynsync_dagster.defs.schedules import every_five_minutes, sync_job
+from tests.support import REPO, bound_now
 
 
 def test_definitions_load_with_the_asset_graph(definitions) -> None:
@@ -48,8 +49,8 @@ def test_schedule_skips_while_a_sync_is_in_flight(monkeypatch, definitions) -> N
         "DYNAMICS_CLIENT_SECRET",
     ):
         monkeypatch.setenv(name, "placeholder")  # the run is only recorded, never executed
-    job = definitions.resolve_job_def(sync_job.name)
     with dg.instance_for_test() as instance:
+        job = bound_now(definitions).resolve_job_def(sync_job.name)
         run = instance.create_run_for_job(
             job_def=job,
             tags={"dagster/partition": "2026-03-04"},
@@ -69,7 +70,7 @@ def test_dagster_and_dg_validate_the_project_from_the_root(tmp_path) -> None:
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = REPO
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     bindir = Path(sys.executable).parent
     for cmd in (

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dynsync_dagster.sync.local_edit import LocalEditError, set_account_field
-
-from .conftest import Harness
+from tests.support import Harness
 
 
 def _sized(harness: Harness, n: int) -> str:

@@ -1,4 +1,5 @@
-"""Shared helpers for the reliability tests: small data, fast clients, canonical snapshots."""
+"""What the tests share: small orgs, field selections, cycles against the simulator, fast
+clients, canonical snapshots of a store, the CLI as a subprocess, and crash runs."""
 
 from __future__ import annotations
 
@@ -17,13 +18,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import dagster as dg
+
+from dynsync_dagster.defs.resources import build_resources
 from dynsync_dagster.dynamics.client import DynamicsClient, RetryPolicy
 from dynsync_dagster.settings import ConnectionSettings, SyncSettings
 from dynsync_dagster.simulator import DatasetSpec, Simulator
 from dynsync_dagster.store.connection import open_store
 from dynsync_dagster.sync.cycle import CycleOptions, CycleResult, run_cycle
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 ACCOUNT_FIELDS = (
     "name",
@@ -37,6 +41,30 @@ ACCOUNT_FIELDS = (
     "parentaccountid",
 )
 CONTACT_FIELDS = ("firstname", "lastname", "emailaddress1", "birthdate", "jobtitle")
+
+# The rules tests' selection: a secured field (governmentid) and a Two Options one.
+RULES_ACCOUNT_FIELDS = (
+    "name",
+    "accountnumber",
+    "industrycode",
+    "revenue",
+    "numberofemployees",
+    "address1_city",
+    "creditlimit",
+    "creditonhold",
+    "parentaccountid",
+)
+RULES_CONTACT_FIELDS = ("firstname", "lastname", "emailaddress1", "birthdate", "governmentid")
+
+# The rules tests' org: sized accounts of 12 and 8 contacts, orphans, contact-parented ones.
+SMALL = DatasetSpec(
+    accounts=30,
+    contacts=260,
+    sized_accounts=(12, 8),
+    orphan_contacts=4,
+    contact_parented_contacts=3,
+    seed=11,
+)
 
 # Small enough that a cycle takes a fraction of a second, big enough for several pages.
 TINY = DatasetSpec(
@@ -111,6 +139,68 @@ def cycle(
     """One cycle; with `client` the caller owns (and closes) it."""
     conn = connection(sim)
     return run_cycle(conn, settings or sync_settings(), db, CycleOptions(**options), client=client)
+
+
+class Harness:
+    """Runs real cycles against the simulator into a real DuckDB file."""
+
+    def __init__(self, sim: Simulator, db: Path):
+        self.sim = sim
+        self.db = db
+        self.settings = sync_settings(RULES_ACCOUNT_FIELDS, RULES_CONTACT_FIELDS)
+
+    @property
+    def conn(self) -> ConnectionSettings:
+        return connection(self.sim)
+
+    def cycle(self, **options: Any) -> CycleResult:
+        return cycle(self.sim, self.db, self.settings, **options)
+
+    def rows(self, sql: str, params: list | None = None) -> list[tuple]:
+        with open_store(self.db, read_only=True) as con:
+            return con.execute(sql, params or []).fetchall()
+
+    def scalar(self, sql: str, params: list | None = None) -> Any:
+        return self.rows(sql, params)[0][0]
+
+    def snapshot(self) -> dict[str, list[tuple]]:
+        """Every data table in a stable order (status tables aside)."""
+        out = {}
+        with open_store(self.db, read_only=True) as con:
+            for table, key in (
+                ("accounts", "accountid"),
+                ("contacts", "contactid"),
+                ("activity_log", "activity_id"),
+                ("local_edits", "accountid, field"),
+                ("activity_suppressions", "accountid, logged_at"),
+            ):
+                cols = [
+                    c
+                    for c in con.sql(f"SELECT * FROM {table} LIMIT 0").columns
+                    if c not in ("last_synced_at", "last_run_id", "logged_at")
+                ]
+                out[table] = con.execute(
+                    f"SELECT {', '.join(cols)} FROM {table} ORDER BY {key}"
+                ).fetchall()
+        return out
+
+
+def bound_now(definitions: dg.Definitions) -> dg.Definitions:
+    """`definitions` with resources that bind the environment variables set now.
+
+    The resources bind only the variables set when the code location loads
+    (defs/resources.py). A test sets its simulator's after the session loaded it, and loading
+    it again after an `instance_for_test` would pick up that instance's state storage.
+    """
+    return dg.Definitions(
+        assets=definitions.assets,
+        asset_checks=definitions.asset_checks,
+        jobs=definitions.jobs,
+        schedules=definitions.schedules,
+        sensors=definitions.sensors,
+        resources=build_resources(),
+        executor=definitions.executor,
+    )
 
 
 def canonical(db: Path, wait_s: float = 30) -> dict[str, list[tuple]]:
