@@ -9,8 +9,7 @@ import duckdb
 
 from dynsync_dagster.dynamics.fields import FieldPlan, FieldSpec
 
-# Columns dynsync maintains itself; every other column of accounts/contacts is a synced field.
-# Every synced record's version and dynsync's own bookkeeping of it.
+# Every synced record's version, and dynsync's own bookkeeping of it.
 _TRACKED = {
     "modifiedon": "TIMESTAMPTZ",
     "versionnumber": "BIGINT",
@@ -20,6 +19,7 @@ _TRACKED = {
     "last_synced_at": "TIMESTAMPTZ",
     "last_run_id": "VARCHAR",
 }
+# Columns dynsync maintains itself; every other column of accounts/contacts is a synced field.
 ACCOUNT_BASE = {"accountid": "UUID", **_TRACKED}
 CONTACT_BASE = {
     "contactid": "UUID",
