@@ -155,18 +155,14 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 def cmd_set_account_field(args: argparse.Namespace) -> int:
     from dynsync_dagster.store.connection import StoreBusyError
-    from dynsync_dagster.sync.local_edit import LocalEditError, set_account_field
+    from dynsync_dagster.sync.local_edit import LocalEditError, confirmation, set_account_field
 
     value = None if args.value == "NULL" else args.value
     try:
         result = set_account_field(duckdb_path(), args.contact_id, args.field, value)
     except (LocalEditError, StoreBusyError) as exc:
         raise CommandError(str(exc)) from None
-    print(
-        f"account {result.accountid}: {result.field} = {result.value!r} on "
-        f"{result.contacts_changed} contact(s), {result.activities_logged} activity row(s) logged "
-        "(local only; Dynamics is not changed)"
-    )
+    print(confirmation(result))
     return 0
 
 

@@ -39,6 +39,15 @@ class LocalEditResult:
     published: Published | None = None
 
 
+def confirmation(result: LocalEditResult) -> str:
+    """What the CLI prints once an edit is committed."""
+    return (
+        f"account {result.accountid}: {result.field} = {result.value!r} on "
+        f"{result.contacts_changed} contact(s), {result.activities_logged} activity row(s) logged "
+        "(local only; Dynamics is not changed)"
+    )
+
+
 def set_account_field(
     db_path: Path,
     contact_id: str,
