@@ -241,57 +241,71 @@ def compare(db: Path, model: Model) -> list[str]:
     if not db.exists():
         empty = not model.accounts and not model.contacts and not model.activity
         return [] if empty else ["the store does not exist"]
-    problems: list[str] = []
     acc_cols = list(model.account_columns({}, model.account_fields))
     own_cols = list(model.contact_columns({}, model.contact_fields))
-    every_account = model.account_columns({}, ACCOUNT_KINDS)
-    every_contact = model.contact_columns({}, CONTACT_KINDS)
     with open_store(db, read_only=True, wait_s=30) as con:
-        have = {
-            t: set(con.sql(f"SELECT * FROM {t} LIMIT 0").columns) for t in ("accounts", "contacts")
-        }
-        problems += _columns("accounts", have["accounts"], acc_cols, every_account)
-        problems += _columns(
-            "contacts",
-            have["contacts"],
-            [*own_cols, *(f"account_{c}" for c in acc_cols)],
-            [*every_contact, *(f"account_{c}" for c in every_account)],
-        )
+        problems = _compare_columns(con, model, acc_cols, own_cols)
         if problems:
             return problems
-        select = "".join(f', CAST("{c}" AS VARCHAR)' for c in acc_cols)
-        got = {
-            r[0]: (True,) if r[1] else (False, *r[2:])
-            for r in con.execute(
-                "SELECT CAST(accountid AS VARCHAR), is_deleted, CAST(versionnumber AS VARCHAR)"
-                f"{select} FROM accounts"
-            ).fetchall()
-        }
-        problems += _rows("accounts", got, model.expected_accounts(), ["versionnumber", *acc_cols])
-        select = "".join(f', CAST("{c}" AS VARCHAR)' for c in own_cols)
-        select += "".join(f', CAST("account_{c}" AS VARCHAR)' for c in acc_cols)
-        got = {
-            r[0]: (True, r[2]) if r[1] else (False, *r[2:])
-            for r in con.execute(
-                "SELECT CAST(contactid AS VARCHAR), is_deleted, CAST(accountid AS VARCHAR)"
-                f"{select} FROM contacts"
-            ).fetchall()
-        }
-        names = ["accountid", *own_cols, *(f"account_{c}" for c in acc_cols)]
-        problems += _rows("contacts", got, model.expected_contacts(), names)
-        suppressed = con.execute(
-            "SELECT coalesce(sum(rows_suppressed), 0) FROM activity_suppressions"
-        ).fetchone()[0]
-        logged = Counter(
-            con.execute(
-                "SELECT CAST(contactid AS VARCHAR), CAST(accountid AS VARCHAR), attribute, "
-                "old_value, new_value, source FROM activity_log"
-            ).fetchall()
-        )
+        problems += _compare_accounts(con, model, acc_cols)
+        problems += _compare_contacts(con, model, acc_cols, own_cols)
+        problems += _compare_activity(con, model)
+    return problems
+
+
+def _compare_columns(con, model: Model, acc_cols: list[str], own_cols: list[str]) -> list[str]:
+    every_account = model.account_columns({}, ACCOUNT_KINDS)
+    every_contact = model.contact_columns({}, CONTACT_KINDS)
+    have = {t: set(con.sql(f"SELECT * FROM {t} LIMIT 0").columns) for t in ("accounts", "contacts")}
+    return _columns("accounts", have["accounts"], acc_cols, every_account) + _columns(
+        "contacts",
+        have["contacts"],
+        [*own_cols, *(f"account_{c}" for c in acc_cols)],
+        [*every_contact, *(f"account_{c}" for c in every_account)],
+    )
+
+
+def _compare_accounts(con, model: Model, acc_cols: list[str]) -> list[str]:
+    select = "".join(f', CAST("{c}" AS VARCHAR)' for c in acc_cols)
+    got = {
+        r[0]: (True,) if r[1] else (False, *r[2:])
+        for r in con.execute(
+            "SELECT CAST(accountid AS VARCHAR), is_deleted, CAST(versionnumber AS VARCHAR)"
+            f"{select} FROM accounts"
+        ).fetchall()
+    }
+    return _rows("accounts", got, model.expected_accounts(), ["versionnumber", *acc_cols])
+
+
+def _compare_contacts(con, model: Model, acc_cols: list[str], own_cols: list[str]) -> list[str]:
+    select = "".join(f', CAST("{c}" AS VARCHAR)' for c in own_cols)
+    select += "".join(f', CAST("account_{c}" AS VARCHAR)' for c in acc_cols)
+    got = {
+        r[0]: (True, r[2]) if r[1] else (False, *r[2:])
+        for r in con.execute(
+            "SELECT CAST(contactid AS VARCHAR), is_deleted, CAST(accountid AS VARCHAR)"
+            f"{select} FROM contacts"
+        ).fetchall()
+    }
+    names = ["accountid", *own_cols, *(f"account_{c}" for c in acc_cols)]
+    return _rows("contacts", got, model.expected_contacts(), names)
+
+
+def _compare_activity(con, model: Model) -> list[str]:
+    problems = []
+    suppressed = con.execute(
+        "SELECT coalesce(sum(rows_suppressed), 0) FROM activity_suppressions"
+    ).fetchone()[0]
     if int(suppressed) != model.suppressed:  # rule 7: the suppression itself is on record
         problems.append(
             f"activity_suppressions: {suppressed} rows recorded, expected {model.suppressed}"
         )
+    logged = Counter(
+        con.execute(
+            "SELECT CAST(contactid AS VARCHAR), CAST(accountid AS VARCHAR), attribute, "
+            "old_value, new_value, source FROM activity_log"
+        ).fetchall()
+    )
     expected = Counter(model.activity)
     for row, n in (logged - expected).items():
         problems.append(f"activity_log: unexpected {n}x {row}")
@@ -436,11 +450,8 @@ class _SeededUuid:
         return getattr(uuid, name)
 
 
-def _soak(cycles: int, seed: int, workdir: Path, log: Callable[[str], None]) -> SoakReport:
-    rng = random.Random(seed)
-    report = SoakReport(seed=seed, cycles=cycles)
-    started = time.monotonic()
-    spec = DatasetSpec(
+def _soak_org(seed: int) -> DatasetSpec:
+    return DatasetSpec(
         accounts=10,
         contacts=52,
         sized_accounts=(8, CONTACT_LIMIT, CONTACT_LIMIT - 1),
@@ -448,72 +459,106 @@ def _soak(cycles: int, seed: int, workdir: Path, log: Callable[[str], None]) -> 
         contact_parented_contacts=2,
         seed=seed,
     )
-    db = workdir / "store" / "dynsync.duckdb"
-    model = Model(labels=dict(INDUSTRY_OPTIONS), contact_limit=CONTACT_LIMIT)
-    selection = Selection()
-    history: list[str] = []
-    last_fields = ""
-    with Simulator(spec, state_dir=workdir / "sim", max_page_size=10) as sim:
-        conn = ConnectionSettings.from_env(sim.env())
-        for n in range(1, cycles + 1):
-            step: list[str] = []
-            problems = local_edits(sim, db, model, rng, report) if n > 1 else []
-            for _ in range(rng.randint(0, 4) if n > 1 else 0):
-                kind = dynamics_change(sim, rng)
-                report.changes[kind] += 1
-                step.append(kind)
-            if n > 1:
-                change_selection(sim, selection, rng, report)
-            fault, must_succeed = arm_fault(sim, rng) if n > 1 else ("none", True)
-            report.faults[fault] += 1
-            settings = selection.settings()
-            # Now and then a backfill: a date range re-read (here: every record there is).
-            backfill = n > 1 and rng.random() < 0.06
-            options = CycleOptions(trigger="soak", window=EVERYTHING if backfill else None)
-            if backfill:
-                report.backfills += 1
-            error: BaseException | None = None
-            with fast_client(conn, Sleeps(), attempts=4, budget_s=30) as client:
-                try:
-                    run_cycle(conn, settings, db, options, client=client)
-                except DynamicsError as exc:
-                    error = exc
-                except Exception as exc:  # anything else is a finding, reported below
-                    error = exc
-                    problems.append("cycle crashed:\n" + traceback.format_exc())
-            sim.faults.clear()
-            fields = "/".join(selection.synced_account() + selection.synced_contact())
-            line = (
-                f"cycle {n}{' (backfill)' if backfill else ''}: fault {fault}, changes {step}"
-                f"{', fields ' + fields if fields != last_fields else ''}"
-                f" -> {'ok' if error is None else type(error).__name__}"
+
+
+@dataclass
+class _Soak:
+    """One soak's moving parts: the org, the store, the model and what happened so far."""
+
+    sim: Simulator
+    conn: ConnectionSettings
+    db: Path
+    rng: random.Random
+    report: SoakReport
+    model: Model = field(
+        default_factory=lambda: Model(labels=dict(INDUSTRY_OPTIONS), contact_limit=CONTACT_LIMIT)
+    )
+    selection: Selection = field(default_factory=Selection)
+    history: list[str] = field(default_factory=list)
+    last_fields: str = ""
+
+    def prepare(self, n: int) -> tuple[list[str], list[str], str, bool, bool]:
+        """Local edits, Dynamics changes, a selection change and a fault before cycle n."""
+        sim, rng, report = self.sim, self.rng, self.report
+        problems = local_edits(sim, self.db, self.model, rng, report) if n > 1 else []
+        step: list[str] = []
+        for _ in range(rng.randint(0, 4) if n > 1 else 0):
+            kind = dynamics_change(sim, rng)
+            report.changes[kind] += 1
+            step.append(kind)
+        if n > 1:
+            change_selection(sim, self.selection, rng, report)
+        fault, must_succeed = arm_fault(sim, rng) if n > 1 else ("none", True)
+        report.faults[fault] += 1
+        # Now and then a backfill: a date range re-read (here: every record there is).
+        backfill = n > 1 and rng.random() < 0.06
+        report.backfills += backfill
+        return problems, step, fault, must_succeed, backfill
+
+    def run(self, backfill: bool, problems: list[str]) -> BaseException | None:
+        options = CycleOptions(trigger="soak", window=EVERYTHING if backfill else None)
+        with fast_client(self.conn, Sleeps(), attempts=4, budget_s=30) as client:
+            try:
+                run_cycle(self.conn, self.selection.settings(), self.db, options, client=client)
+            except DynamicsError as exc:
+                return exc
+            except Exception as exc:  # anything else is a finding, reported below
+                problems.append("cycle crashed:\n" + traceback.format_exc())
+                return exc
+            finally:
+                self.sim.faults.clear()
+        return None
+
+    def cycle(self, n: int, log: Callable[[str], None]) -> None:
+        problems, step, fault, must_succeed, backfill = self.prepare(n)
+        error = self.run(backfill, problems)
+        fields = "/".join(self.selection.synced_account() + self.selection.synced_contact())
+        line = (
+            f"cycle {n}{' (backfill)' if backfill else ''}: fault {fault}, changes {step}"
+            f"{', fields ' + fields if fields != self.last_fields else ''}"
+            f" -> {'ok' if error is None else type(error).__name__}"
+        )
+        self.last_fields = fields
+        self.history.append(line)
+        log(line)
+        problems += self.judge(n, error, must_succeed)
+        problems += compare(self.db, self.model)
+        if problems:
+            shown = "\n  ".join(problems[:25])
+            recent = "\n  ".join(self.history[-6:])
+            raise SoakMismatch(
+                f"seed {self.report.seed}, cycle {n}: the store and the model disagree "
+                f"({len(problems)} problems):\n  {shown}\nlast cycles:\n  {recent}"
             )
-            last_fields = fields
-            history.append(line)
-            log(line)
-            if error is None:
-                report.succeeded += 1
-                model.cycle(
-                    Snapshot.of(sim.org),
-                    selection.synced_account(),
-                    selection.synced_contact(),
-                )
-            elif must_succeed:
-                problems.append(f"cycle {n} failed although its fault is retried: {error}")
-            else:
-                report.failed_as_expected += 1
-            if error is None and not must_succeed:
-                problems.append(f"cycle {n} succeeded through a fault it cannot get past")
-            problems += compare(db, model)
-            if problems:
-                shown = "\n  ".join(problems[:25])
-                recent = "\n  ".join(history[-6:])
-                raise SoakMismatch(
-                    f"seed {seed}, cycle {n}: the store and the model disagree "
-                    f"({len(problems)} problems):\n  {shown}\nlast cycles:\n  {recent}"
-                )
-    report.activity_rows = Counter(row[5] for row in model.activity)
-    report.suppressed_rows = model.suppressed
+
+    def judge(self, n: int, error: BaseException | None, must_succeed: bool) -> list[str]:
+        """Advance the model on success; a failure must be one its fault explains."""
+        if error is None:
+            self.report.succeeded += 1
+            self.model.cycle(
+                Snapshot.of(self.sim.org),
+                self.selection.synced_account(),
+                self.selection.synced_contact(),
+            )
+            if not must_succeed:
+                return [f"cycle {n} succeeded through a fault it cannot get past"]
+            return []
+        if must_succeed:
+            return [f"cycle {n} failed although its fault is retried: {error}"]
+        self.report.failed_as_expected += 1
+        return []
+
+
+def _soak(cycles: int, seed: int, workdir: Path, log: Callable[[str], None]) -> SoakReport:
+    report = SoakReport(seed=seed, cycles=cycles)
+    started = time.monotonic()
+    db = workdir / "store" / "dynsync.duckdb"
+    with Simulator(_soak_org(seed), state_dir=workdir / "sim", max_page_size=10) as sim:
+        soak = _Soak(sim, ConnectionSettings.from_env(sim.env()), db, random.Random(seed), report)
+        for n in range(1, cycles + 1):
+            soak.cycle(n, log)
+    report.activity_rows = Counter(row[5] for row in soak.model.activity)
+    report.suppressed_rows = soak.model.suppressed
     report.seconds = time.monotonic() - started
     return report
 
