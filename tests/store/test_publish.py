@@ -1,4 +1,4 @@
-"""Readers never stop the sync (SPEC rule 8): the published file against real reader processes.
+"""Readers never stop the sync: the published file against real reader processes.
 
 Analysts' tools hold DYNSYNC_DUCKDB_PATH open for hours, read-only or with DuckDB's default
 read-write connection, or reconnect for every query. Cycles and local edits, started from the
