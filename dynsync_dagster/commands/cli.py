@@ -16,7 +16,13 @@ log = logging.getLogger("dynsync")
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    # The simulator's options are its own (`dynsync simulator --help` lists them): everything
+    # after `simulator` passes through untouched; any other command takes only its own.
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "simulator":
+        args.simulator_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
@@ -59,8 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("column", help="TABLE.COLUMN, e.g. contacts.account_industrycode")
     p.set_defaults(func=cmd_lineage)
 
-    p = sub.add_parser("simulator", help="run the built-in Dynamics simulator", add_help=False)
-    p.add_argument("simulator_args", nargs=argparse.REMAINDER)
+    # No options of its own here: `--help`, `--port`, ... are the simulator's (see main()).
+    p = sub.add_parser(
+        "simulator",
+        help="run the built-in Dynamics simulator (`dynsync simulator --help` for its options)",
+        add_help=False,
+    )
     p.set_defaults(func=cmd_simulator)
 
     p = sub.add_parser("demo", help="end to end on the built-in simulator")
@@ -172,7 +182,7 @@ def cmd_set_account_field(args: argparse.Namespace) -> int:
 def cmd_simulator(args: argparse.Namespace) -> int:
     from dynsync_dagster.simulator.__main__ import main as simulator_main
 
-    return simulator_main(list(args.simulator_args))
+    return simulator_main(list(args.simulator_args), prog="dynsync simulator")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

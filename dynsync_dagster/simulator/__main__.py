@@ -17,9 +17,9 @@ from .generator import DatasetSpec
 from .simulator import ADMIN_KEY_FILE, Simulator
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "python -m dynsync_dagster.simulator") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m dynsync_dagster.simulator",
+        prog=prog,
         description="Serve a simulated Dynamics 365 org (Web API + Entra ID) over HTTPS.",
     )
     parser.add_argument("--port", type=int, default=8443, help="port on 127.0.0.1 (0: any free)")
@@ -89,8 +89,9 @@ def write_state(sim: Simulator) -> tuple[Path, Path]:
     return env_path, json_path
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = _parser(prog) if prog else _parser()
+    args = parser.parse_args(argv)
     spec = _spec(args)
     try:
         spec.validate()
@@ -104,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"generating {spec.accounts:,} accounts and {spec.contacts:,} contacts…", flush=True)
     sim = Simulator(
         spec,
-        state_dir=args.state_dir,
+        # Absolute, so every path it prints (DYNAMICS_CA_BUNDLE, env.sh, the admin key) works
+        # from any directory.
+        state_dir=Path(args.state_dir).resolve(),
         port=args.port,
         token_lifetime_s=args.token_lifetime,
         max_page_size=args.max_page_size,
