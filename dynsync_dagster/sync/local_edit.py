@@ -5,9 +5,12 @@ Nothing here talks to Dynamics: dynsync is one-way, and accounts are created in 
 
 from __future__ import annotations
 
+import math
+import re
 import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import duckdb
@@ -32,17 +35,26 @@ class LocalEditResult:
     contactid: str
     accountid: str
     field: str
-    value: str | None
+    value: str | None  # as given
     contacts_changed: int
     activities_logged: int
     edited_at: datetime
+    account_name: str | None = None  # None when `name` is not a synced account field
+    stored: str | None = None  # as stored, shown the way the activity log shows it; None: cleared
+    textual: bool = False  # the stored value is text (or a choice's label): quoted when shown
     published: Published | None = None
 
 
 def confirmation(result: LocalEditResult) -> str:
-    """What the CLI prints once an edit is committed."""
+    """What the CLI prints once an edit is committed: the value as stored, not as typed."""
+    account = f"account {result.accountid}"
+    if result.account_name:
+        account = f'account "{result.account_name}" ({result.accountid})'
+    shown = "NULL" if result.stored is None else result.stored
+    if result.stored is not None and result.textual:
+        shown = f'"{shown}"'
     return (
-        f"account {result.accountid}: {result.field} = {result.value!r} on "
+        f"{account}: {result.field} = {shown} on "
         f"{result.contacts_changed} contact(s), {result.activities_logged} activity row(s) logged "
         "(local only; Dynamics is not changed)"
     )
@@ -96,7 +108,18 @@ def _apply(
     changed = _log_local_edit(con, account_id, target, edited_at, run_id)
     _write_on_contacts(con, account_id, target)
     _keep_pending(con, account_id, contact_id, target, edited_at)
-    return LocalEditResult(contact_id, account_id, field, value, changed, changed, edited_at)
+    return LocalEditResult(
+        contact_id,
+        account_id,
+        field,
+        value,
+        changed,
+        changed,
+        edited_at,
+        account_name=_account_name(con, account_id),
+        stored=_stored_text(con, contact_id, target),
+        textual=target.label_column is not None or target.duck_type == "VARCHAR",
+    )
 
 
 @dataclass(frozen=True)
@@ -142,39 +165,52 @@ def _editable_account(con: duckdb.DuckDBPyConnection, contact_id: str) -> str:
 
 def _edit_target(con: duckdb.DuckDBPyConnection, field: str, value: str | None) -> _Target:
     """A synced account field and the value in its type; a choice's value must be an option."""
-    synced = dict(
-        con.execute(
-            "SELECT field, duckdb_type FROM sync_fields WHERE entity = 'account' AND synced AND selected"
+    synced = {
+        name: (duck_type, attribute_type)
+        for name, duck_type, attribute_type in con.execute(
+            "SELECT field, duckdb_type, attribute_type FROM sync_fields "
+            "WHERE entity = 'account' AND synced AND selected"
         ).fetchall()
-    )
+    }
     if field not in synced:
         raise LocalEditError(
             f"{field!r} is not a synced account field; the synced ones are: "
             f"{', '.join(sorted(synced)) or '(none)'}"
         )
-    duck_type = synced[field]
-    typed = _typed_value(con, field, duck_type, value)
+    duck_type, attribute_type = synced[field]
     label_column = f"account_{field}_label"
     if label_column not in table_columns(con, "contacts"):
+        typed = _typed_value(con, field, duck_type, attribute_type, value)
         return _Target(field, duck_type, typed, None, None)
-    label = None if value is None else _option_label(con, field, value, int(typed))
-    return _Target(field, duck_type, typed, label_column, label)
+    if value is None:
+        return _Target(field, duck_type, None, label_column, None)
+    code, label = _option(con, field, value)
+    return _Target(field, duck_type, code, label_column, label)
 
 
-def _option_label(con: duckdb.DuckDBPyConnection, field: str, value: str, code: int) -> str:
-    """The label of a choice's option, or an error listing the options."""
-    found = con.execute(
-        "SELECT label FROM choice_labels WHERE entity = 'account' AND field = ? AND value = ?",
-        [field, code],
-    ).fetchone()
-    if found is None:
-        known = con.execute(
-            "SELECT string_agg(value || ' ' || label, ', ' ORDER BY value) FROM choice_labels "
-            "WHERE entity = 'account' AND field = ?",
-            [field],
-        ).fetchone()[0]
-        raise LocalEditError(f"{value!r} is not an option of {field}; the options are: {known}")
-    return found[0]
+def _option(con: duckdb.DuckDBPyConnection, field: str, value: str) -> tuple[int, str]:
+    """A choice's option, by its code or (case-insensitively) its label, or an error listing
+    the options: the activity log shows labels, so a user may well type one."""
+    options = con.execute(
+        "SELECT value, label FROM choice_labels WHERE entity = 'account' AND field = ? "
+        "ORDER BY value",
+        [field],
+    ).fetchall()
+    text = value.strip()
+    found = [(c, lab) for c, lab in options if str(c) == text.lstrip("+")]
+    found = found or [(c, lab) for c, lab in options if (lab or "").casefold() == text.casefold()]
+    if len(found) == 1:
+        return found[0]
+    known = "; ".join(f"{c} {lab}" for c, lab in options)  # labels may hold commas
+    if found:
+        codes = ", ".join(str(c) for c, _lab in found)
+        raise LocalEditError(
+            f"{value!r} is the label of several options of {field} ({codes}): give the code"
+        )
+    raise LocalEditError(
+        f"{value!r} is not an option of {field}; the options (code and label, either one) "
+        f"are: {known}. Nothing was changed."
+    )
 
 
 def _log_local_edit(
@@ -231,23 +267,120 @@ def _keep_pending(
         "DELETE FROM local_edits WHERE accountid = CAST(? AS UUID) AND field = ?",
         [account_id, target.field],
     )
+    # The value as the activity log writes it (1000000, not 1000000.0000): it reads back
+    # exactly with a cast to the field's type. A choice keeps its code, not its label.
+    pending = activity_value_sql(target.typed, target.duck_type)
     con.execute(
         "INSERT INTO local_edits (accountid, field, value, via_contactid, account_versionnumber, "
-        f"edited_at) SELECT CAST($acc AS UUID), $f, CAST({target.typed} AS VARCHAR), "
+        f"edited_at) SELECT CAST($acc AS UUID), $f, {pending}, "
         "CAST($c AS UUID), (SELECT versionnumber FROM accounts WHERE accountid = CAST($acc AS UUID)), $t",
         {"acc": account_id, "f": target.field, "v": target.value, "c": contact_id, "t": edited_at},
     )
 
 
+def _stored_text(con: duckdb.DuckDBPyConnection, contact_id: str, target: _Target) -> str | None:
+    """The value as the edited contact now holds it, shown the way the activity log shows it."""
+    label = quote(target.label_column) if target.label_column else None
+    return con.execute(
+        f"SELECT {activity_value_sql(target.column, target.duck_type, label)} FROM contacts "
+        "WHERE contactid = CAST(? AS UUID)",
+        [contact_id],
+    ).fetchone()[0]
+
+
+def _account_name(con: duckdb.DuckDBPyConnection, account_id: str) -> str | None:
+    """The account's name as Dynamics has it, when `name` syncs."""
+    if "name" not in table_columns(con, "accounts"):
+        return None
+    row = con.execute(
+        "SELECT name FROM accounts WHERE accountid = CAST(? AS UUID)", [account_id]
+    ).fetchone()
+    return row[0] if row else None
+
+
 def _typed_value(
-    con: duckdb.DuckDBPyConnection, field: str, duck_type: str, value: str | None
+    con: duckdb.DuckDBPyConnection,
+    field: str,
+    duck_type: str,
+    attribute_type: str | None,
+    value: str | None,
 ) -> object:
-    """The value as the column's type, or a clear error; text goes in as a bound parameter."""
+    """The value as the column's type, or a clear error when the column cannot hold it
+    exactly (DuckDB's cast would round 12.5 into an INTEGER as 13, and 12.34567 into a
+    DECIMAL(38,4) as 12.3457). Text goes in as a bound parameter."""
     if value is None:
         return None
     try:
-        return con.execute(f"SELECT CAST(? AS {duck_type})", [value]).fetchone()[0]
+        typed = con.execute(f"SELECT CAST(? AS {duck_type})", [value]).fetchone()[0]
     except duckdb.Error:
-        raise LocalEditError(
-            f"{value!r} is not a valid value for {field} (type {duck_type})"
-        ) from None
+        raise LocalEditError(_refusal(field, duck_type, attribute_type, value)) from None
+    if not _holds_exactly(con, duck_type, value, typed):
+        raise LocalEditError(_refusal(field, duck_type, attribute_type, value, typed))
+    return typed
+
+
+def _holds_exactly(
+    con: duckdb.DuckDBPyConnection, duck_type: str, value: str, typed: object
+) -> bool:
+    """Whether `typed`, the cast of `value`, is the value itself rather than a rounding of it."""
+    kind = duck_type.upper()
+    if kind in ("INTEGER", "BIGINT") or kind.startswith("DECIMAL"):
+        given = _decimal(value)
+        return given is not None and given == Decimal(typed)
+    if kind == "DOUBLE":
+        # Dynamics keeps a Double as a binary float too: the nearest one is the value.
+        return _decimal(value) is not None and math.isfinite(typed)
+    if kind == "DATE":
+        # A date with a time of day would lose the time.
+        try:
+            return con.execute(
+                "SELECT CAST(? AS TIMESTAMP) = CAST(CAST(? AS DATE) AS TIMESTAMP)", [value, value]
+            ).fetchone()[0]
+        except duckdb.Error:
+            return True  # not a timestamp, yet a date: nothing is lost
+    return True
+
+
+def _decimal(value: str) -> Decimal | None:
+    """`value` as an exact decimal number, or None when it is not a finite number."""
+    try:
+        number = Decimal(value.strip())
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() else None
+
+
+def _refusal(
+    field: str, duck_type: str, attribute_type: str | None, value: str, typed: object = None
+) -> str:
+    """Why the value is refused: the field, its type, what it accepts, and that nothing changed."""
+    kind = (attribute_type or "").removesuffix("Type") or "account"
+    rounded = "" if typed is None else f" (the column would round it to {typed})"
+    return (
+        f"{value!r} is not a valid value for {field}, a Dynamics {kind} field stored as "
+        f"{duck_type}{rounded}: it accepts {_accepts(duck_type)}. Nothing was changed."
+    )
+
+
+def _accepts(duck_type: str) -> str:
+    kind = duck_type.upper()
+    scale = re.fullmatch(r"DECIMAL\((\d+),\s*(\d+)\)", kind)
+    if scale:
+        whole, decimals = int(scale.group(1)) - int(scale.group(2)), int(scale.group(2))
+        if decimals == 0:
+            return f"a whole number of at most {whole} digits"
+        return (
+            f"a number with at most {decimals} decimal places and {whole} digits before the point"
+        )
+    return _ACCEPTS.get(kind, f"a value DuckDB can read as {duck_type}")
+
+
+_ACCEPTS = {
+    "INTEGER": "a whole number from -2147483648 to 2147483647",
+    "BIGINT": "a whole number from -9223372036854775808 to 9223372036854775807",
+    "DOUBLE": "a finite number",
+    "BOOLEAN": "true or false",
+    "DATE": "a date as YYYY-MM-DD, without a time of day",
+    "TIMESTAMPTZ": "a date and time as YYYY-MM-DD HH:MM:SS, UTC unless it ends with an offset",
+    "UUID": "a GUID",
+}
