@@ -104,29 +104,35 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_sync(args: argparse.Namespace) -> int:
     ConnectionSettings.from_env()  # fail fast, in one line, on a missing or bad variable
     SyncSettings.load()
-    run_sync_job("cli")
-    print(_summary(duckdb_path()))
+    result = run_sync_job("cli")
+    print(_summary(_cycle_figures(result), duckdb_path()))
     return 0
 
 
-def _summary(db: Path) -> str:
+def _cycle_figures(result) -> dict[str, dict]:
+    """This run's figures per table, from its materializations. (The published file is not
+    rewritten when a cycle changed nothing, so it may still hold the previous cycle's row.)"""
+    return {
+        m.asset_key.to_user_string(): {k: v.value for k, v in m.metadata.items()}
+        for m in result.asset_materializations_for_node("dynamics_sync")
+    }
+
+
+def _summary(figures: dict[str, dict], db: Path) -> str:
     from dynsync_dagster.store.publish import open_published
 
     with open_published(db) as con:
-        run = con.execute(
-            "SELECT run_id, account_mode, contact_mode, accounts_read, contacts_read, "
-            "activities_logged, activities_suppressed FROM sync_runs WHERE outcome = 'success' "
-            "ORDER BY finished_at DESC LIMIT 1"
-        ).fetchone()
         accounts, contacts = con.execute(
             "SELECT (SELECT count(*) FROM accounts WHERE NOT is_deleted), "
             "(SELECT count(*) FROM contacts WHERE NOT is_deleted)"
         ).fetchone()
-    if run is None:
-        return f"{db}: no successful cycle yet"
+    account, contact, activity = (figures[t] for t in ("accounts", "contacts", "activity_log"))
+    modes = account["dynsync/modes"]
     return (
-        f"cycle {run[0][:8]}: accounts {run[1]} ({run[3]} read), contacts {run[2]} ({run[4]} read); "
-        f"{run[5]} activities logged, {run[6]} suppressed\n"
+        f"cycle {account['dynsync/run_id'][:8]}: accounts {modes['account']} "
+        f"({account['records_read']} read), contacts {modes['contact']} "
+        f"({contact['records_read']} read); {activity['activities_logged']} activities "
+        f"logged, {activity['activities_suppressed']} suppressed\n"
         f"store {db}: {accounts} accounts, {contacts} contacts"
     )
 

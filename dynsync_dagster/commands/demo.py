@@ -18,12 +18,15 @@ def run_demo(work: Path, *, accounts: int = 300, contacts: int = 9000) -> str:
 
     work = work.resolve()
     db = work / "dynsync.duckdb"
-    for p in (db, db.with_name(db.name + ".wal"), work / "simulator"):
+    # The demo's own Dagster instance, reset with its store: its runs and 9,000-row
+    # materializations must not show up as current in the project's UI (`dynsync dev`).
+    home = work / "dagster_home"
+    for p in (db, db.with_name(db.name + ".wal"), work / "simulator", home):
         if p.is_dir():
             shutil.rmtree(p)
         else:
             p.unlink(missing_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
+    home.mkdir(parents=True)  # run_sync_job gives it the project's dagster.yaml
     spec = DatasetSpec(
         accounts=accounts,
         contacts=max(contacts, BIG_ACCOUNT_CONTACTS + 200),
@@ -38,7 +41,7 @@ def run_demo(work: Path, *, accounts: int = 300, contacts: int = 9000) -> str:
             os.environ.update(sim.env(flow="client_credentials"))
             os.environ["DYNSYNC_DUCKDB_PATH"] = str(db)
             os.environ.setdefault("DYNSYNC_CONFIG", str(REPO_ROOT / "dynsync.yaml"))
-            os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / "dagster_home"))
+            os.environ["DAGSTER_HOME"] = str(home)
             print(f"simulator on {sim.org_url}: {accounts} accounts, {spec.contacts} contacts")
             print("cycle 1: the whole database ...")
             run_sync_job("demo")
@@ -92,6 +95,6 @@ def _summary(db: Path) -> str:
         f"DuckDB file: {db}",
         f"  query it:  uv run python -c \"import duckdb; print(duckdb.connect('{db}', read_only=True)"
         ".sql('SELECT attribute, old_value, new_value, reason FROM activity_log LIMIT 10'))\"",
-        "  see the runs in the Dagster UI:  DAGSTER_HOME=$PWD/dagster_home uv run dagster dev",
+        "next: the Dagster UI with the schedule syncing live simulated changes:  uv run dynsync dev",
     ]
     return "\n".join(lines)

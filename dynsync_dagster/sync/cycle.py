@@ -164,7 +164,9 @@ def _record_failure(
                 started_at=started,
                 finished_at=now,
                 outcome="failed",
-                error=f"{type(exc).__name__}: {exc}"[:2000],
+                # What a user reads in sync_runs and the UI: the message, which names the
+                # problem and the fix, not the exception's class.
+                error=(str(exc) or f"unexpected {type(exc).__name__}; see the run log")[:2000],
             )
             write_sync_run(con, failed)
             # Readers should see that the last cycle failed, not only the one before it.

@@ -5,6 +5,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import dagster as dg
+import pytest
+
 from dynsync_dagster.simulator import Simulator
 from tests.support import REPO, clean_env, run_cli
 
@@ -30,6 +33,18 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "suppressed (account over the contact limit): 10002 rows on 1 account(s)" in out
     assert "from Dynamics sync" in out
     assert (tmp_path / "demo" / "dynsync.duckdb").exists()
+    assert "uv run dynsync dev" in out and "dagster dev" not in out.replace("dynsync dev", "")
+    assert result.stderr == ""  # no warnings, no Dagster log lines
+    # The demo's runs stay in its own instance, out of the one the user's UI shows.
+    assert _run_count(tmp_path / "dagster_home") == 0
+    assert _run_count(tmp_path / "demo" / "dagster_home") == 2
+
+
+def _run_count(home: Path) -> int:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DAGSTER_HOME", str(home))
+        with dg.DagsterInstance.get() as instance:
+            return len(instance.get_runs())
 
 
 def test_sync_and_local_edit_commands(sim: Simulator, tmp_path: Path) -> None:
