@@ -25,6 +25,8 @@ SYSTEM_FIELDS = {
 _ALWAYS_SYNCED = "always synced: a key, version or membership column dynsync maintains itself"
 
 SYSTEM_ADMINISTRATOR = "System Administrator"
+# The start of the warning when the sync user may not read its own roles (prvReadRole).
+ROLES_UNREADABLE = "could not read the sync user's security roles"
 CAN_READ_ALLOWED = 4  # field_security_permission_type: 0 Not Allowed, 4 Allowed
 
 # AttributeTypeName.Value -> DuckDB type. Money and decimals keep their scale as DECIMAL.
@@ -58,7 +60,15 @@ _UNSUPPORTED = {
 
 
 class FieldSelectionError(ValueError):
-    """The selection names fields the org does not have. Raised before anything is written."""
+    """The selection names fields the org does not have. Raised before anything is written.
+
+    `problem` says which names and the closest existing ones; the message adds what a sync
+    does about it. `dynsync validate` says the problem with its own next step.
+    """
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"{problem}. Fix the names in the settings file; nothing was written.")
+        self.problem = problem
 
 
 class MetadataSource(Protocol):
@@ -288,7 +298,7 @@ def _sync_user_access(
     roles = _optional(
         lambda: source.role_names(user_id),
         warnings,
-        "could not read the sync user's security roles",
+        ROLES_UNREADABLE,
         "it is treated as not a System Administrator and its column privileges "
         "(RetrievePrincipalAttributePrivileges) decide which secured columns sync",
     )
@@ -366,7 +376,7 @@ def _decide(
     if secured and not is_admin and str(attr.get("MetadataId", "")).lower() not in readable_secured:
         return no(
             "secured column: the sync user has no read permission in a field security "
-            "profile (grant read, or remove it from the selection)"
+            f"profile (grant read in one, or remove it from {entity}_fields)"
         )
     duck_type = _duck_type(type_name, extra)
     spec = FieldSpec(
@@ -441,8 +451,4 @@ def _unknown_message(unknown: Mapping[str, list[str]], known: Mapping[str, list[
             close = difflib.get_close_matches(n, known[entity], n=1)
             described.append(f"{n} (did you mean {close[0]}?)" if close else n)
         parts.append(f"{entity}_fields: {', '.join(described)}")
-    return (
-        "the selection names fields that do not exist in the Dynamics org: "
-        + "; ".join(parts)
-        + ". Fix the names in the settings file; nothing was written."
-    )
+    return "the selection names fields that do not exist in the Dynamics org: " + "; ".join(parts)
