@@ -192,7 +192,76 @@ def render_lineage(column: str, steps: list[LineageStep]) -> str:
     return "\n".join([column, *lines])
 
 
+# The tables whose columns do not follow the field selection: what each column holds.
+_FIXED_DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "activity_log": {
+        "activity_id": "Row number, increasing in the order the rows were logged",
+        "activity_type": "Always `Change Data Value` (Marketo's activity type)",
+        "contactid": "The contact whose copy of the account field changed (contacts.contactid)",
+        "accountid": "The contact's account when the change was logged; NULL once it has none",
+        "attribute": "Logical name of the account field that changed (e.g. address1_city)",
+        "old_value": "The contact's value before the change, as Dynamics shows it (a choice "
+        "by its label, money without trailing zeros); NULL when it was empty",
+        "new_value": "The value after the change, shown the same way; NULL when cleared",
+        "source": "Who changed it: `Dynamics sync` (a cycle) or `Local update` (a local edit)",
+        "reason": "Why: the account was updated, the contact joined, moved to or left an "
+        "account, was restored, or the field was edited locally",
+        "occurred_at": "When the change happened: modifiedon in Dynamics of the account or "
+        "contact that changed, or the time of the local edit (UTC)",
+        "run_id": "The cycle or local edit (Dagster run id) that logged the row",
+        "logged_at": "When dynsync wrote the row (UTC)",
+    },
+    "sync_runs": {
+        "run_id": "The cycle's id (its Dagster run id when Dagster ran it)",
+        "trigger": "What started it: schedule, backfill, manual, cli or demo",
+        "started_at": "When the cycle started (UTC)",
+        "finished_at": "When it committed or failed (UTC)",
+        "outcome": "success or failed; a failed cycle changed no data table",
+        "account_mode": "How accounts were read: full, resync (re-read after a selection "
+        "change), delta (change tracking) or cursor (modifiedon)",
+        "contact_mode": "How contacts were read, as account_mode",
+        "window_start": "A backfill's first re-read instant (modifiedon, UTC); NULL otherwise",
+        "window_end": "The end of a backfill's window, exclusive; NULL otherwise",
+        "accounts_read": "Account records read from Dynamics",
+        "contacts_read": "Contact records read from Dynamics",
+        "accounts_upserted": "Accounts inserted or updated in the store",
+        "contacts_upserted": "Contacts inserted or updated in the store",
+        "accounts_deleted": "Accounts flagged deleted (is_deleted) this cycle",
+        "contacts_deleted": "Contacts flagged deleted this cycle",
+        "contacts_repropagated": "Contacts whose account_<field> copies were rewritten",
+        "activities_logged": "activity_log rows the cycle wrote",
+        "activities_suppressed": "Activity rows not logged because the account has more "
+        "contacts than the activity limit (see activity_suppressions)",
+        "requests": "HTTP requests sent to the Dynamics Web API",
+        "retries": "Requests retried after throttling or a transient error",
+        "throttle_wait_s": "Seconds spent waiting on Retry-After (429 throttling)",
+        "record_errors": "Records skipped because a value does not fit its column "
+        "(listed in sync_errors)",
+        "error": "Why a failed cycle failed, and what to do; NULL on success",
+    },
+    "sync_fields": {
+        "entity": "account or contact",
+        "field": "Logical name of the Dynamics attribute",
+        "selected": "Listed in the settings file's account_fields or contact_fields",
+        "exists": "The org's metadata has the attribute",
+        "readable": "The sync user may read it (valid for read, and column security allows it)",
+        "synced": "It has columns in accounts/contacts and is read every cycle (selected and "
+        "readable, or a system field dynsync always keeps)",
+        "reason": "Why it syncs or not, with the fix when it does not",
+        "attribute_type": "Dynamics attribute type (String, Money, Picklist, Lookup, ...)",
+        "is_secured": "Protected by column (field) security in Dynamics",
+        "duckdb_type": "The DuckDB type of its value column; NULL when not synced",
+        "columns": "The columns it fills (value, and a choice's label or a lookup's target)",
+        "run_id": "The cycle that made this decision",
+        "updated_at": "When that cycle made it (UTC)",
+    },
+}
+
+
 def describe(plan: FieldPlan, table: str) -> dict[str, str]:
+    """What each column of `table` holds, for the column schema Dagster shows."""
+    if table in _FIXED_DESCRIPTIONS:
+        return dict(_FIXED_DESCRIPTIONS[table])
     described = {s.column: s.description for s in column_sources(plan) if s.table == table}
     for col, text in _BASE_DESCRIPTIONS.items():
         described.setdefault(col, text)
