@@ -1,20 +1,45 @@
 """A launchpad job for local edits: exactly what `dynsync set-account-field` does."""
 
 import dagster as dg
+from pydantic import Field
 
 from dynsync_dagster.defs.resources import DynsyncStore
-from dynsync_dagster.sync.local_edit import LocalEditError, set_account_field
+from dynsync_dagster.sync.local_edit import LocalEditError, confirmation, set_account_field
+
+OP = "set_account_field_locally"
 
 
 class LocalEditConfig(dg.Config):
-    """Which contact's account to edit, the account field (logical name) and the new value."""
+    """The three things a user fills in the launchpad. The defaults keep the launchpad valid
+    when it opens; a run launched without contact_id or field fails saying which to fill."""
 
-    contact_id: str
-    field: str
-    value: str | None = None  # empty clears the field
+    contact_id: str = Field(default="", description="GUID of a contact; its account is edited.")
+    field: str = Field(
+        default="", description="Logical name of a synced account field, e.g. address1_city."
+    )
+    value: str | None = Field(
+        default=None, description="The new value; null (or leaving it out) clears the field."
+    )
 
 
-@dg.op(pool="duckdb_write", tags={"kind": "duckdb"})
+@dg.config_mapping
+def launchpad_config(config: LocalEditConfig) -> dg.RunConfig:
+    """The job's whole run config is these three fields: the store and the executor come from
+    the code location (DYNSYNC_DUCKDB_PATH), so the launchpad does not offer them."""
+    return dg.RunConfig(ops={OP: config})
+
+
+def _missing(config: LocalEditConfig) -> str | None:
+    for name, hint in (
+        ("contact_id", "the GUID of a contact of the account to edit"),
+        ("field", "the logical name of a synced account field, e.g. address1_city"),
+    ):
+        if not getattr(config, name).strip():
+            return f"fill `{name}` in the launchpad config ({hint}); nothing was changed"
+    return None
+
+
+@dg.op(name=OP, pool="duckdb_write", tags={"kind": "duckdb"})
 def set_account_field_locally(
     context: dg.OpExecutionContext, config: LocalEditConfig, store: DynsyncStore
 ) -> None:
@@ -22,16 +47,16 @@ def set_account_field_locally(
 
     Nothing is sent to Dynamics; the next update of the account in Dynamics overwrites it.
     """
+    missing = _missing(config)
+    if missing:
+        raise dg.Failure(description=missing)
     try:
         result = set_account_field(
             store.path(), config.contact_id, config.field, config.value, run_id=context.run.run_id
         )
     except LocalEditError as exc:
         raise dg.Failure(description=str(exc)) from None
-    context.log.info(
-        f"account {result.accountid}: {result.field} = {result.value!r} on "
-        f"{result.contacts_changed} contact(s)"
-    )
+    context.log.info(confirmation(result))
     for key in ("contacts", "activity_log"):
         context.log_event(
             dg.AssetObservation(
@@ -50,6 +75,7 @@ def set_account_field_locally(
     description="Edit an account field locally on every contact of a contact's account "
     "(DuckDB only; never sent to Dynamics). Fill contact_id, field and value in the launchpad.",
     tags={"dynsync/writer": "duckdb"},
+    config=launchpad_config,
 )
 def local_edit_job() -> None:
     set_account_field_locally()
