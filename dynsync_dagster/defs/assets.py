@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from dynsync_dagster.defs.coverage import record
 from dynsync_dagster.defs.partitions import daily_modifiedon
 from dynsync_dagster.defs.resources import DynamicsResource, DynsyncStore
 from dynsync_dagster.dynamics.fields import FieldPlan
@@ -35,10 +36,25 @@ dynamics_contacts = dg.AssetSpec(
 )
 
 
+# Said on every table: what its partitions mean, and where its column lineage is shown.
+_PARTITIONS_AND_LINEAGE = """
+
+**Partitions** are days of Dynamics `modifiedon` (UTC). A day is materialized once a cycle has
+read every change made on it: the first cycle (and any full read) covers every day up to today,
+each later cycle today and the days since the last one, and a backfill re-reads its range.
+Every run records all five tables, whichever one it was launched from. A day still missing
+was covered by no cycle recorded here: backfill it to re-read it.
+
+**Column lineage** is recorded in the `dagster/column_lineage` metadata and the store's
+`column_lineage` table, but the open-source UI does not draw it: run
+`dynsync lineage TABLE.COLUMN` (e.g. `dynsync lineage contacts.account_name`) to see a
+column's sources back to the Dynamics attribute."""
+
+
 def _spec(key: str, description: str, deps: list) -> dg.AssetSpec:
     return dg.AssetSpec(
         key=key,
-        description=description,
+        description=description + _PARTITIONS_AND_LINEAGE,
         deps=deps,
         group_name=GROUP,
         kinds={"dynamics", "duckdb"},
@@ -105,9 +121,10 @@ def _window(context: dg.AssetExecutionContext) -> tuple[datetime, datetime] | No
     partitions_def=daily_modifiedon,
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="duckdb_write",
-    # Any selection runs a whole cycle (one transaction) and reports the selected tables.
-    # Subsettable because Dagster 1.13's webserver refuses a range backfill from the asset
-    # graph for a non-subsettable multi-asset (its partition-subset equality check fails).
+    # Any selection runs a whole cycle (one transaction) and records every table it wrote
+    # (coverage.record). Subsettable only because Dagster 1.13's webserver refuses a range
+    # backfill from the asset graph for a non-subsettable multi-asset (its partition-subset
+    # equality check fails).
     can_subset=True,
 )
 def dynamics_sync(
@@ -129,10 +146,7 @@ def dynamics_sync(
         f"{result.counts.activities_logged} activities logged, "
         f"{result.counts.activities_suppressed} suppressed"
     )
-    selected = context.selected_asset_keys
-    for materialization in materializations(result):
-        if materialization.asset_key in selected:
-            yield materialization
+    yield from record(context, list(materializations(result)), result.modes)
 
 
 def materializations(result: CycleResult) -> Iterator[dg.MaterializeResult]:

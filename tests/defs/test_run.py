@@ -28,6 +28,10 @@ def test_job_materializes_every_table_with_metadata(sync_env: Path, bound_defini
         dep = lineage.deps_by_column["account_name"][0]
         assert (dep.asset_key, dep.column_name) == (dg.AssetKey("accounts"), "name")
         assert mats["accounts"].metadata["reader_mode"].value == "full"
+        for table in ("activity_log", "sync_runs", "sync_fields"):
+            columns = mats[table].metadata["dagster/column_schema"].schema.columns
+            blank = [c.name for c in columns if not (c.description or "").strip()]
+            assert columns and not blank, f"{table}: no description for {blank}"
         excluded = mats["sync_fields"].metadata["fields_excluded"].value
         assert "creditonhold" in excluded
 
@@ -55,17 +59,7 @@ def test_local_edit_job_does_what_the_cli_does(sync_env: Path, bound_definitions
             .success
         )
         edit = bound_definitions.resolve_job_def("local_edit_job")
-        config = {
-            "ops": {
-                "set_account_field_locally": {
-                    "config": {
-                        "contact_id": contact,
-                        "field": "name",
-                        "value": "Edited in the launchpad",
-                    }
-                }
-            }
-        }
+        config = {"contact_id": contact, "field": "name", "value": "Edited in the launchpad"}
         result = edit.execute_in_process(instance=instance, run_config=config)
         assert result.success
         with open_store(sync_env, read_only=True) as con:
@@ -80,7 +74,7 @@ def test_local_edit_job_does_what_the_cli_does(sync_env: Path, bound_definitions
         orphan = next(
             c for c in org.contact_ids() if org.get_contact(c)["parentcustomerid"] is None
         )
-        config["ops"]["set_account_field_locally"]["config"]["contact_id"] = orphan
+        config["contact_id"] = orphan
         refused = edit.execute_in_process(
             instance=instance, run_config=config, raise_on_error=False
         )
@@ -97,28 +91,25 @@ def test_local_edit_job_does_what_the_cli_does(sync_env: Path, bound_definitions
         ]
 
 
-def test_a_partial_selection_runs_a_whole_cycle_and_reports_only_the_selection(
+def test_the_local_edit_launchpad_asks_for_three_fields_and_opens_valid(definitions) -> None:
+    """The launchpad opens without a config error and offers only what a user sets."""
+    edit = definitions.resolve_job_def("local_edit_job")
+    fields = edit.run_config_schema.config_type.fields
+    assert set(fields) == {"contact_id", "field", "value"}
+    assert all(f.description for f in fields.values())
+    assert dg.validate_run_config(edit, {})  # raises on a config error
+
+
+def test_a_local_edit_launched_empty_says_which_field_to_fill(
     sync_env: Path, bound_definitions
 ) -> None:
-    from dynsync_dagster.defs.assets import dynamics_sync
-    from dynsync_dagster.defs.resources import build_resources
-
-    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    edit = bound_definitions.resolve_job_def("local_edit_job")
     with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [dynamics_sync],
-            selection=["activity_log"],
-            partition_key=today,
-            resources=build_resources(),
-            instance=instance,
-        )
-        assert result.success
-        keys = {
-            m.asset_key.to_user_string()
-            for m in result.asset_materializations_for_node("dynamics_sync")
-        }
-        assert keys == {"activity_log"}
-    from dynsync_dagster.store.connection import open_store
-
-    with open_store(sync_env, read_only=True) as con:  # the whole cycle still committed
-        assert con.execute("SELECT count(*) FROM contacts").fetchone()[0] > 0
+        result = edit.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    message = result.get_step_failure_events()[0].step_failure_data.user_failure_data.description
+    assert message == (
+        "fill `contact_id` in the launchpad config (the GUID of a contact of the account to "
+        "edit); nothing was changed"
+    )
+    assert not sync_env.exists()
