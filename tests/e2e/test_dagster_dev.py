@@ -1,5 +1,6 @@
 """End to end over GraphQL: `dagster dev` shows the asset graph and its lineage, runs today's
-partition, and runs a three-day backfill as one run."""
+partition (after which every day up to today is materialized), and runs a three-day backfill as
+one run."""
 
 from __future__ import annotations
 
@@ -45,6 +46,19 @@ mutation($params: LaunchBackfillParams!) {
     ... on LaunchBackfillSuccess { backfillId }
     ... on PythonError { message stack }
     ... on Error { message }
+  }
+}
+"""
+
+PARTITION_STATS = """
+{ assetNodes { assetKey { path } partitionStats { numMaterialized numPartitions } } }
+"""
+
+CONFIG_VALID = """
+query($pipeline: PipelineSelector!) {
+  isPipelineConfigValid(pipeline: $pipeline, mode: "default", runConfigData: {}) {
+    __typename
+    ... on RunConfigValidationInvalid { errors { message } }
   }
 }
 """
@@ -134,8 +148,10 @@ def test_dagster_dev_graph_lineage_run_and_backfill(dagster_dev: DagsterDev) -> 
     check_asset_graph(dev)
     repository = _repository(dev)
     today = _day(0)
+    check_local_edit_launchpad_opens_valid(dev, repository)
     run = run_todays_partition(dev, repository, today)
     check_lineage_and_metadata(dev, run["runId"], today)
+    check_every_day_is_materialized(dev)
     check_single_run_backfill(dev, repository, [_day(-3), _day(-2), _day(-1)])
 
 
@@ -152,6 +168,27 @@ def check_asset_graph(dev: DagsterDev) -> None:
         assert node["isMaterializable"] and JOB in node["jobNames"], key
         assert {"dynamics", "duckdb"} <= set(node["kinds"]) and node["description"], key
     assert not nodes["dynamics/account"]["isMaterializable"]  # an external source, read only
+
+
+def check_local_edit_launchpad_opens_valid(dev: DagsterDev, repository: str) -> None:
+    """The launchpad of local_edit_job opens with a valid (empty) config."""
+    pipeline = {
+        "repositoryLocationName": LOCATION,
+        "repositoryName": repository,
+        "pipelineName": "local_edit_job",
+    }
+    valid = dev.graphql(CONFIG_VALID, {"pipeline": pipeline})["isPipelineConfigValid"]
+    assert valid["__typename"] == "PipelineConfigValidationValid", valid
+
+
+def check_every_day_is_materialized(dev: DagsterDev) -> None:
+    """After the first (full) cycle the catalog shows every table 100% filled."""
+    stats = {
+        _key(n["assetKey"]): n["partitionStats"] for n in dev.graphql(PARTITION_STATS)["assetNodes"]
+    }
+    for key in SYNCED:
+        assert stats[key]["numPartitions"] > 1, (key, stats[key])
+        assert stats[key]["numMaterialized"] == stats[key]["numPartitions"], (key, stats[key])
 
 
 def run_todays_partition(dev: DagsterDev, repository: str, today: str) -> dict[str, Any]:
