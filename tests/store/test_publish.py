@@ -120,9 +120,8 @@ def test_a_reader_holding_the_file_never_stops_cycles_or_edits(
             assert checks and all(c.passed for c in checks), [c.description for c in checks]
             edit = located.resolve_job_def("local_edit_job").execute_in_process(
                 instance=instance,
-                run_config={"ops": {"set_account_field_locally": {"config": {
-                    "contact_id": contact, "field": "numberofemployees", "value": "77"}}}},
-            )  # fmt: skip
+                run_config={"contact_id": contact, "field": "numberofemployees", "value": "77"},
+            )
         assert edit.success
         assert _ask(holder) == held
 
