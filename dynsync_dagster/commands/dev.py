@@ -21,7 +21,11 @@ from dynsync_dagster.simulator.process import SimulatorProcess, SimulatorStartEr
 HOST = "127.0.0.1"  # loopback only: the dev UI has no authentication
 SIMULATOR_START_TIMEOUT_S = 600.0  # generating a large org takes a while
 UI_START_TIMEOUT_S = 180.0
-STOP_TIMEOUT_S = 60.0  # dagster dev gives its webserver and daemon up to 60 s each
+# Ctrl-C must stop everything within 10 s. `dagster dev` alone may wait 60 s each for its
+# webserver and daemon, so after these grace periods the whole group is killed; a sync run
+# killed mid-cycle leaves the store as it was (each cycle commits in one transaction).
+DAGSTER_STOP_GRACE_S = 6.0
+SIMULATOR_STOP_GRACE_S = 3.0
 POLL_S = 0.5
 
 
@@ -57,7 +61,7 @@ def run_dev(args: argparse.Namespace) -> int:
             return 0
         finally:
             _stop(dagster, "dagster dev")
-            if not sim.stop(STOP_TIMEOUT_S):
+            if not sim.stop(SIMULATOR_STOP_GRACE_S):
                 print("simulator did not stop in time; killed it", file=sys.stderr, flush=True)
 
 
@@ -200,7 +204,7 @@ def _stop(proc: subprocess.Popen | None, name: str) -> None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
+            proc.wait(timeout=DAGSTER_STOP_GRACE_S)
         except (subprocess.TimeoutExpired, KeyboardInterrupt):
             print(f"{name} did not stop in time; killing it", file=sys.stderr, flush=True)
     with contextlib.suppress(ProcessLookupError, PermissionError):
