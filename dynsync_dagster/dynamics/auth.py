@@ -164,7 +164,7 @@ class TokenProvider:
             except (requests.ConnectionError, requests.Timeout) as exc:
                 raise TransientError(
                     f"cannot reach the token endpoint at {self._conn.authority}: "
-                    f"{type(exc).__name__}; check DYNAMICS_AUTHORITY_HOST and the network",
+                    f"{connection_failure(exc)}; check DYNAMICS_AUTHORITY_HOST and the network",
                     url=self._conn.authority,
                 ) from None
             except MsalServiceError as exc:
@@ -220,7 +220,8 @@ class TokenProvider:
                 raise _tls_error(self._conn, exc) from None
             except (requests.ConnectionError, requests.Timeout) as exc:
                 raise TransientError(
-                    f"cannot reach the authority {self._conn.authority}: {type(exc).__name__}; "
+                    f"cannot reach the authority {self._conn.authority}: "
+                    f"{connection_failure(exc)}; "
                     "check DYNAMICS_AUTHORITY_HOST and the network",
                     url=self._conn.authority,
                 ) from None
@@ -269,10 +270,37 @@ class TokenProvider:
 _TRANSIENT_ERRORS = {"temporarily_unavailable", "server_error"}
 
 
+def connection_failure(exc: BaseException) -> str:
+    """What went wrong on the wire, in words a user can act on (not an exception class)."""
+    import socket
+    import ssl
+
+    seen: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < 20:  # the cause chain, and the reasons urllib3 wraps in args
+        e = todo.pop()
+        seen.append(e)
+        linked = (e.__cause__, e.__context__, getattr(e, "reason", None), *e.args)
+        todo += [c for c in linked if isinstance(c, BaseException) and c not in seen]
+    for words, kinds in (
+        ("certificate not trusted", (ssl.SSLCertVerificationError,)),
+        ("TLS handshake failed", (ssl.SSLError,)),
+        ("name not resolved", (socket.gaierror,)),
+        ("connection refused", (ConnectionRefusedError,)),
+        ("connection reset", (ConnectionResetError,)),
+        ("timed out", (TimeoutError, requests.Timeout)),
+    ):
+        if any(isinstance(e, kinds) for e in seen):
+            return words
+    if any("Name or service not known" in str(e) or "nodename" in str(e) for e in seen):
+        return "name not resolved"
+    return "the connection failed or was cut short"
+
+
 def _tls_error(conn: ConnectionSettings, exc: Exception) -> DynamicsError:
     where = f"DYNAMICS_CA_BUNDLE={conn.ca_bundle}" if conn.ca_bundle else "the system CA store"
     return DynamicsError(
-        f"TLS verification failed ({type(exc).__name__}) using {where}: if the org or authority "
+        f"TLS verification failed ({connection_failure(exc)}) using {where}: if the org or authority "
         "uses a private CA, set DYNAMICS_CA_BUNDLE to a PEM file with that CA",
         url=conn.authority,
     )

@@ -15,7 +15,7 @@ import orjson
 import requests
 import urllib3
 
-from dynsync_dagster.dynamics.auth import TokenProvider
+from dynsync_dagster.dynamics.auth import TokenProvider, connection_failure
 from dynsync_dagster.dynamics.errors import (
     DynamicsError,
     ExpiredDeltaToken,
@@ -190,7 +190,7 @@ class Transport:
             return raw, _read_body(raw)
         except requests.exceptions.SSLError as exc:
             raise DynamicsError(
-                f"TLS verification failed for {short_url(url)} ({type(exc).__name__}): if the "
+                f"TLS verification failed for {short_url(url)} ({connection_failure(exc)}): if the "
                 "org uses a private CA, set DYNAMICS_CA_BUNDLE to a PEM file with that CA",
                 url=short_url(url),
             ) from None
@@ -201,7 +201,7 @@ class Transport:
             requests.exceptions.ContentDecodingError,
             urllib3.exceptions.HTTPError,  # the body cut short, or the read timed out
         ) as exc:
-            raise TransientError(f"connection failed ({type(exc).__name__})") from None
+            raise TransientError(f"connection failed: {connection_failure(exc)}") from None
 
     def _decoded(
         self, state: _Attempt, content: bytes, decode: Callable[[bytes], Any]
