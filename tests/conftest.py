@@ -14,7 +14,8 @@ from tests.support import SMALL, TINY, Harness
 
 @pytest.fixture(scope="session")
 def definitions():
-    """The code location, loaded once, without any DYNAMICS_*/DYNSYNC_* variable: what it holds
+    """The code location, loaded once, without any DYNAMICS_*/DYNSYNC_* variable (but the
+    suite's partition start, tests/__init__.py): what it holds
     must not depend on which test ran first. A test that runs a job binds its own variables
     with `support.bound_now`. (A later load inside or after `instance_for_test` would pick up
     the test instance's state storage, which Dagster keeps globally.)"""
@@ -22,7 +23,7 @@ def definitions():
 
     with pytest.MonkeyPatch.context() as env:
         for name in list(os.environ):
-            if name.startswith(("DYNAMICS_", "DYNSYNC_")):
+            if name.startswith(("DYNAMICS_", "DYNSYNC_")) and name != "DYNSYNC_PARTITION_START":
                 env.delenv(name)
         return defs()
 

@@ -262,7 +262,7 @@ def clean_env(tmp: Path) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("DYNAMICS_", "DYNSYNC_", "DAGSTER_"))
+        if not k.startswith(("DYNAMICS_", "DYNSYNC_", "DAGSTER_")) or k == "DYNSYNC_PARTITION_START"
     }
     env["PYTHONPATH"] = str(REPO)
     return env

@@ -37,10 +37,12 @@ def run_sync_job(trigger: str = "cli"):
 
     from dynsync_dagster.definitions import defs
 
-    job = defs().resolve_job_def(JOB_NAME)
     # DagsterInstance.get() is the public way to open an instance: it reads DAGSTER_HOME.
     os.environ["DAGSTER_HOME"] = str(dagster_home())
     with dg.DagsterInstance.get() as instance:
+        # Loaded while the instance is open: loading definitions binds Dagster's process-wide
+        # state to the instance in use, and one closed earlier in the process would fail it.
+        job = defs().resolve_job_def(JOB_NAME)
         result = job.execute_in_process(
             instance=instance,
             partition_key=datetime.now(UTC).strftime("%Y-%m-%d"),

@@ -17,6 +17,9 @@ sync_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(dynamics_sync),
     description="One sync cycle (the schedule's target; also what `dynsync sync` runs).",
     tags={"dynsync/writer": "duckdb", "dagster/max_runtime": "3600"},
+    # A run's step-by-step DEBUG lines stay in its event log, off the terminal of `dagster dev`
+    # (`dynsync sync` sets its own, quieter, level).
+    config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
 )
 
 

@@ -93,9 +93,10 @@ def test_validate_prints_the_checklist(sim: Simulator, tmp_path: Path) -> None:
     assert "[ok  ] credentials and URL: signed in; the sync user is" in out
     assert "[ok  ] read privilege on account: can read" in out
     assert "[ok  ] change tracking on contact: enabled" in out
-    # dynsync.yaml selects creditonhold, which the simulator's sync user may not read.
-    assert "[FAIL] selected fields readable" in out and "creditonhold" in out
-    assert result.returncode == 1
+    # dynsync.yaml selects creditonhold, which the simulator's sync user may not read: a sync
+    # leaves it out and goes on, so validate warns.
+    assert "[WARN] selected fields readable" in out and "creditonhold" in out
+    assert result.returncode == 0
 
     env["DYNAMICS_CLIENT_SECRET"] = "Wr0ng-s3cret-value"
     wrong = _run(["validate"], env)

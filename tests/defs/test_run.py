@@ -103,8 +103,8 @@ def test_the_local_edit_launchpad_asks_for_three_fields_and_opens_valid(definiti
 def test_a_local_edit_launched_empty_says_which_field_to_fill(
     sync_env: Path, bound_definitions
 ) -> None:
-    edit = bound_definitions.resolve_job_def("local_edit_job")
     with dg.instance_for_test() as instance:
+        edit = bound_definitions.resolve_job_def("local_edit_job")  # inside: see support.bound_now
         result = edit.execute_in_process(instance=instance, raise_on_error=False)
     assert not result.success
     message = result.get_step_failure_events()[0].step_failure_data.user_failure_data.description

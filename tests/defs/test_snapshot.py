@@ -5,8 +5,8 @@ tests/defs/snapshots/definitions.json. When the change is meant, rewrite the fil
 
     DYNSYNC_UPDATE_SNAPSHOTS=1 uv run pytest tests/defs/test_snapshot.py
 
-and commit it with the change. Run it without DYNSYNC_PARTITION_START: that variable moves the
-partitions' first day, which the snapshot records.
+and commit it with the change. The suite moves the partitions' first day (tests/__init__.py);
+the snapshot shows it as a placeholder.
 """
 
 from __future__ import annotations
@@ -17,11 +17,25 @@ from pathlib import Path
 
 import dagster as dg
 
+from dynsync_dagster.defs.partitions import DEFAULT_PARTITION_START
+from tests import TEST_PARTITION_START
+
 SNAPSHOT = Path(__file__).parent / "snapshots" / "definitions.json"
 
 
 def _first_line(text: str | None) -> str | None:
     return text.strip().splitlines()[0] if text else None
+
+
+def _partitions(partitions_def: dg.PartitionsDefinition | None) -> str | None:
+    """The partitions, with the suite's start date (tests/__init__.py) as a placeholder."""
+    if partitions_def is None:
+        return None
+    return str(partitions_def).replace(TEST_PARTITION_START, "<DYNSYNC_PARTITION_START>")
+
+
+def test_partitions_start_on_2025_01_01_by_default() -> None:
+    assert DEFAULT_PARTITION_START == "2025-01-01"  # README "In Dagster" says so
 
 
 def _asset(definitions: dg.Definitions, spec: dg.AssetSpec) -> dict:
@@ -31,7 +45,7 @@ def _asset(definitions: dg.Definitions, spec: dg.AssetSpec) -> dict:
         "group": spec.group_name,
         "kinds": sorted(spec.kinds),
         "deps": sorted(dep.asset_key.to_user_string() for dep in spec.deps),
-        "partitions": str(spec.partitions_def) if spec.partitions_def else None,
+        "partitions": _partitions(spec.partitions_def),
         "description": _first_line(spec.description),
         "metadata_keys": sorted(spec.metadata),
         "owners": sorted(spec.owners),
