@@ -95,6 +95,16 @@ def _parser() -> argparse.ArgumentParser:
         help="random Dynamics changes the simulator makes per minute",
     )
     p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser(
+        "instance",
+        help="print a dagster.yaml for this project's Dagster instance (--postgres: on "
+        'PostgreSQL, for a team; README "Running it for a team")',
+    )
+    p.add_argument(
+        "--postgres", action="store_true", help="storage in PostgreSQL, from DAGSTER_PG_* variables"
+    )
+    p.set_defaults(func=cmd_instance)
     return parser
 
 
@@ -202,6 +212,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from dynsync_dagster.commands.dev import run_dev
 
     return run_dev(args)
+
+
+def cmd_instance(args: argparse.Namespace) -> int:
+    from dynsync_dagster.commands.instance import instance_yaml
+
+    print(instance_yaml(postgres=args.postgres), end="")
+    return 0
 
 
 if __name__ == "__main__":

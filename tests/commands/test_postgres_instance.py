@@ -39,6 +39,12 @@ def test_the_postgres_configuration_is_the_policy_plus_storage_from_the_environm
     assert "password: {env: DAGSTER_PG_PASSWORD}" in team  # never a literal password
 
 
+def test_dynsync_instance_prints_it(tmp_path: Path) -> None:
+    done = run_cli(["instance", "--postgres"], clean_env(tmp_path), REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == instance_yaml(postgres=True)
+
+
 def test_a_sync_run_is_recorded_in_postgres(
     postgres: ThrowawayPostgres, sim: Simulator, tmp_path: Path
 ) -> None:
