@@ -258,13 +258,16 @@ def closed_port() -> int:
 
 
 def clean_env(tmp: Path) -> dict[str, str]:
-    """This process's environment without any dynsync/Dynamics/Dagster settings."""
+    """This process's environment without any dynsync/Dynamics/Dagster settings, and a Dagster
+    instance of the test's own under `tmp`."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("DYNAMICS_", "DYNSYNC_", "DAGSTER_")) or k == "DYNSYNC_PARTITION_START"
     }
     env["PYTHONPATH"] = str(REPO)
+    # Each test's own Dagster instance: never the checkout's dagster_home/.
+    env["DAGSTER_HOME"] = str(tmp / "dagster_home")
     return env
 
 

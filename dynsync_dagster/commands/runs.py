@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,6 +34,16 @@ def dagster_home() -> Path:
     return home
 
 
+@contextlib.contextmanager
+def _opening(home: Path) -> Iterator[None]:
+    """Hold a lock on `home` while its instance opens. Opening a new SQLite instance creates its
+    tables, and two commands doing that at once (cron firing `dynsync sync` twice on a fresh
+    checkout) fail with "alembic_version has more than one head"."""
+    with open(home / ".dynsync-open.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def run_sync_job(trigger: str = "cli"):
     """Run the sync job in this process, recorded on the Dagster instance at `dagster_home()`."""
     import dagster as dg
@@ -38,8 +51,11 @@ def run_sync_job(trigger: str = "cli"):
     from dynsync_dagster.definitions import defs
 
     # DagsterInstance.get() is the public way to open an instance: it reads DAGSTER_HOME.
-    os.environ["DAGSTER_HOME"] = str(dagster_home())
-    with dg.DagsterInstance.get() as instance:
+    home = dagster_home()
+    os.environ["DAGSTER_HOME"] = str(home)
+    with _opening(home):
+        instance = dg.DagsterInstance.get()
+    with instance:
         # Loaded while the instance is open: loading definitions binds Dagster's process-wide
         # state to the instance in use, and one closed earlier in the process would fail it.
         job = defs().resolve_job_def(JOB_NAME)
