@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from dynsync_dagster.commands.runs import REPO_ROOT, run_sync_job
@@ -21,7 +22,10 @@ def run_demo(work: Path, *, accounts: int = 300, contacts: int = 9000) -> str:
     # The demo's own Dagster instance, reset with its store: its runs and 9,000-row
     # materializations must not show up as current in the project's UI (`dynsync dev`).
     home = work / "dagster_home"
-    for p in (db, db.with_name(db.name + ".wal"), work / "simulator", home):
+    # Every file of the previous demo's store (the published file, its working store, spare,
+    # stage, locks, record): a working store left behind holds the old simulator's delta links.
+    store_files = [*work.glob(f"{db.name}*"), *work.glob(f".{db.name}*")]
+    for p in (*store_files, work / "simulator", home):
         if p.is_dir():
             shutil.rmtree(p)
         else:
@@ -42,6 +46,9 @@ def run_demo(work: Path, *, accounts: int = 300, contacts: int = 9000) -> str:
             os.environ["DYNSYNC_DUCKDB_PATH"] = str(db)
             os.environ.setdefault("DYNSYNC_CONFIG", str(REPO_ROOT / "dynsync.yaml"))
             os.environ["DAGSTER_HOME"] = str(home)
+            # The demo's own instance needs no history: partitions from a month back, so its first
+            # cycle records ~30 days as covered instead of every day since 2025 (README).
+            os.environ.setdefault("DYNSYNC_PARTITION_START", _a_month_ago())
             print(f"simulator on {sim.org_url}: {accounts} accounts, {spec.contacts} contacts")
             print("cycle 1: the whole database ...")
             run_sync_job("demo")
@@ -98,3 +105,7 @@ def _summary(db: Path) -> str:
         "next: the Dagster UI with the schedule syncing live simulated changes:  uv run dynsync dev",
     ]
     return "\n".join(lines)
+
+
+def _a_month_ago() -> str:
+    return (datetime.now(UTC) - timedelta(days=30)).strftime("%Y-%m-%d")

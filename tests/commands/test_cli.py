@@ -24,9 +24,8 @@ def _base_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    result = _run(
-        ["demo", "--dir", str(tmp_path / "demo"), "--accounts", "60"], _base_env(tmp_path)
-    )
+    env = _base_env(tmp_path)
+    result = _run(["demo", "--dir", str(tmp_path / "demo"), "--accounts", "60"], env)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "accounts: 60" in out
@@ -37,6 +36,12 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert result.stderr == ""  # no warnings, no Dagster log lines
     # The demo's runs stay in its own instance, out of the one the user's UI shows.
     assert _run_count(tmp_path / "dagster_home") == 0
+    assert _run_count(tmp_path / "demo" / "dagster_home") == 2
+
+    # Again in the same folder: it starts over (a new simulator), nothing of the last run left.
+    again = _run(["demo", "--dir", str(tmp_path / "demo"), "--accounts", "60"], env)
+    assert again.returncode == 0, again.stderr
+    assert "accounts: 60" in again.stdout and "from Dynamics sync" in again.stdout
     assert _run_count(tmp_path / "demo" / "dagster_home") == 2
 
 
