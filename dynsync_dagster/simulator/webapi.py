@@ -19,13 +19,12 @@ from .limits import ServiceProtection
 from .metadata import MetadataService
 from .org import Org
 from .query import EntityQueries, QueryContext
+from .record_counts import RecordCounts
 from .responses import Response, json_response
 
 API_ROOT = "/api/data/v9.2/"
 # Read-only functions Dataverse has and the simulator does not serve: 501, not a 404.
-_UNSERVED_FUNCTIONS = frozenset(
-    {"RetrieveMetadataChanges", "RetrieveTotalRecordCount", "RetrieveAllEntities"}
-)
+_UNSERVED_FUNCTIONS = frozenset({"RetrieveMetadataChanges", "RetrieveAllEntities"})
 _KEYED = re.compile(
     r"^(\w+)\(([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\)$"
 )
@@ -90,6 +89,7 @@ class Application:
         self.queries = EntityQueries(org)
         self.metadata = MetadataService(org)
         self._record_lock = threading.Lock()
+        self.record_counts = RecordCounts(org)
 
     def handle(self, request: Request) -> Outcome:
         path = urlsplit(request.target).path
@@ -186,6 +186,8 @@ class Application:
         head = segments[0]
         if head in ("WhoAmI", "WhoAmI()") and len(segments) == 1:
             return self.metadata.who_am_i(principal.user_id, base)
+        if head.split("(")[0] == "RetrieveTotalRecordCount":
+            return self.record_counts.answer(head, plain, base)
         if head.split("(")[0] in _UNSERVED_FUNCTIONS:
             raise not_implemented(f"The {head.split('(')[0]} function")
         if head.startswith("EntityDefinitions"):

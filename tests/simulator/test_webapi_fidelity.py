@@ -8,7 +8,7 @@ import pytest
 
 from dynsync_dagster.simulator import Simulator
 
-from .conftest import Api
+from .conftest import SPEC, Api
 
 
 def _error(api: Api, path: str, status: int, prefer: str | None = None) -> dict:
@@ -231,3 +231,29 @@ def test_expand_errors(api: Api) -> None:
     assert "$filter option inside $expand" in nested["message"]
     tracking = _error(api, "accounts?$expand=contact_customer_accounts", 400, "odata.track-changes")
     assert "isn't supported when Change Tracking is enabled" in tracking["message"]
+
+
+# ---- RetrieveTotalRecordCount ------------------------------------------------------------
+
+
+def test_retrieve_total_record_count_is_a_snapshot_up_to_a_day_old(fresh_api: Api) -> None:
+    """Past $count's 5,000 cap, the one count Dataverse offers; it comes from a daily
+    snapshot, so a record created after it is not counted until the snapshot ages out."""
+    org = fresh_api.sim.org
+    path = "RetrieveTotalRecordCount(EntityNames=@p1)?@p1=" + quote("['account','contact']")
+    first = fresh_api.json(path)
+    counts = first["EntityRecordCountCollection"]
+    assert counts["Keys"] == ["account", "contact"] and counts["Count"] == 2
+    assert counts["Values"] == [SPEC.accounts, len(org.contact_ids())]
+    org.create_account(name="After the snapshot")
+    inline = fresh_api.json("RetrieveTotalRecordCount(EntityNames=['account'])")
+    assert inline["EntityRecordCountCollection"]["Values"] == [SPEC.accounts]
+    org.advance_clock(24 * 3600)
+    aged = fresh_api.json("RetrieveTotalRecordCount(EntityNames=['account'])")
+    assert aged["EntityRecordCountCollection"]["Values"] == [SPEC.accounts + 1]
+
+
+def test_retrieve_total_record_count_names_an_unknown_table(api: Api) -> None:
+    error = _error(api, "RetrieveTotalRecordCount(EntityNames=['lead'])", 404)
+    assert "'lead'" in error["message"]
+    _error(api, "RetrieveTotalRecordCount(EntityNames=@p1)", 400)
