@@ -15,6 +15,18 @@ DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 DEFAULT_DUCKDB_PATH = "data/dynsync.duckdb"
 DEFAULT_CONFIG_PATH = "dynsync.yaml"
 DEFAULT_ACTIVITY_LOG_CONTACT_LIMIT = 5000
+# Marketo's custom sync filter: a Two Options column; No keeps a record out of the sync.
+DEFAULT_SYNC_FILTER_FIELD = "new_synctomkto"
+# Block Field Updates: what each account field may be protected from.
+BLOCK_KINDS = ("local_update", "dynamics_sync")
+SETTINGS_KEYS = (
+    "account_fields",
+    "contact_fields",
+    "activity_log_contact_limit",
+    "sync_filter_field",
+    "block_field_updates",
+    "activity_log_retention_days",
+)
 API_PATH = "/api/data/v9.2/"
 
 # Dataverse logical names are lower-case ASCII identifiers; anything else cannot be a field.
@@ -149,12 +161,20 @@ def _https_base_url(name: str, value: str) -> str:
 
 @dataclass(frozen=True)
 class SyncSettings:
-    """What to sync: the field selection and the activity-log limit (the settings YAML)."""
+    """What to sync and how (the settings YAML): the field selection, the activity-log limit,
+    the sync filter, blocked field updates and how long activity rows are kept."""
 
     account_fields: tuple[str, ...]
     contact_fields: tuple[str, ...]
     activity_log_contact_limit: int = DEFAULT_ACTIVITY_LOG_CONTACT_LIMIT
     source: str = "<defaults>"
+    sync_filter_field: str = DEFAULT_SYNC_FILTER_FIELD
+    # account field -> the update kinds blocked for it (a subset of BLOCK_KINDS)
+    block_field_updates: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    activity_log_retention_days: int | None = None  # None: keep forever
+
+    def blocked(self, account_field: str, kind: str) -> bool:
+        return kind in self.block_field_updates.get(account_field, ())
 
     @classmethod
     def from_mapping(cls, data: object, source: str = "<mapping>") -> SyncSettings:
@@ -164,24 +184,31 @@ class SyncSettings:
             raise SettingsError(
                 f"{source}: expected a mapping with keys account_fields, contact_fields"
             )
-        unknown = sorted(
-            set(data) - {"account_fields", "contact_fields", "activity_log_contact_limit"}
-        )
+        unknown = sorted(set(data) - set(SETTINGS_KEYS))
         if unknown:
             raise SettingsError(
                 f"{source}: unknown key(s) {', '.join(map(str, unknown))}; the keys are "
-                "account_fields, contact_fields, activity_log_contact_limit"
+                + ", ".join(SETTINGS_KEYS)
             )
-        limit = data.get("activity_log_contact_limit", DEFAULT_ACTIVITY_LOG_CONTACT_LIMIT)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise SettingsError(
-                f"{source}: activity_log_contact_limit must be a whole number >= 0, got {limit!r}"
-            )
+        account_fields = _field_list(source, "account_fields", data.get("account_fields"))
+        retention = data.get("activity_log_retention_days")
         return cls(
-            account_fields=_field_list(source, "account_fields", data.get("account_fields")),
+            account_fields=account_fields,
             contact_fields=_field_list(source, "contact_fields", data.get("contact_fields")),
-            activity_log_contact_limit=limit,
+            activity_log_contact_limit=_whole_number(
+                source,
+                "activity_log_contact_limit",
+                data.get("activity_log_contact_limit", DEFAULT_ACTIVITY_LOG_CONTACT_LIMIT),
+                0,
+            ),
             source=source,
+            sync_filter_field=_filter_field(source, data.get("sync_filter_field")),
+            block_field_updates=_blocks(source, data.get("block_field_updates"), account_fields),
+            activity_log_retention_days=(
+                None
+                if retention is None
+                else _whole_number(source, "activity_log_retention_days", retention, 1)
+            ),
         )
 
     @classmethod
@@ -205,6 +232,51 @@ class SyncSettings:
                 "the repository for the format)"
             ) from None
         return cls.from_mapping(data, source=str(path))
+
+
+def _whole_number(source: str, key: str, value: object, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise SettingsError(f"{source}: {key} must be a whole number >= {least}, got {value!r}")
+    return value
+
+
+def _filter_field(source: str, value: object) -> str:
+    if value is None:
+        return DEFAULT_SYNC_FILTER_FIELD
+    if not isinstance(value, str) or not _LOGICAL_NAME.match(value.strip().lower()):
+        raise SettingsError(
+            f"{source}: sync_filter_field must be the logical name of a Two Options column "
+            f"(default {DEFAULT_SYNC_FILTER_FIELD}), got {value!r}"
+        )
+    return value.strip().lower()
+
+
+def _blocks(
+    source: str, value: object, account_fields: tuple[str, ...]
+) -> dict[str, frozenset[str]]:
+    """`{<account field>: [local_update | dynamics_sync]}`, for selected account fields only."""
+    if value is None:
+        return {}
+    usage = (
+        "block_field_updates maps an account field to a list of local_update and/or "
+        "dynamics_sync, e.g. {industrycode: [local_update]}"
+    )
+    if not isinstance(value, Mapping):
+        raise SettingsError(f"{source}: {usage}")
+    blocks: dict[str, frozenset[str]] = {}
+    for name, kinds in value.items():
+        field_name = str(name).strip().lower()
+        if field_name not in account_fields:
+            raise SettingsError(
+                f"{source}: block_field_updates names {name!r}, which is not in account_fields; "
+                "block only account fields that sync"
+            )
+        if isinstance(kinds, str):
+            kinds = [kinds]
+        if not isinstance(kinds, list) or not kinds or not set(kinds) <= set(BLOCK_KINDS):
+            raise SettingsError(f"{source}: block_field_updates.{name}: {usage}")
+        blocks[field_name] = frozenset(kinds)
+    return blocks
 
 
 def _field_list(source: str, key: str, value: object) -> tuple[str, ...]:

@@ -100,6 +100,26 @@ PREFLIGHT = {
         ["DYNAMICS_CA_BUNDLE", "PEM"],
     ),
     "unknown key": ("acount_fields: [name]\n", {}, ["unknown key", "acount_fields"]),
+    "blocked field not synced": (
+        "account_fields: [name]\nblock_field_updates: {industrycode: [local_update]}\n",
+        {},
+        ["block_field_updates", "industrycode", "not in account_fields"],
+    ),
+    "unknown block kind": (
+        "account_fields: [name]\nblock_field_updates: {name: [remote_update]}\n",
+        {},
+        ["block_field_updates.name", "local_update", "dynamics_sync"],
+    ),
+    "zero retention": (
+        "account_fields: [name]\nactivity_log_retention_days: 0\n",
+        {},
+        ["activity_log_retention_days", ">= 1"],
+    ),
+    "filter field not a name": (
+        "account_fields: [name]\nsync_filter_field: 'sync to marketo'\n",
+        {},
+        ["sync_filter_field", "Two Options"],
+    ),
     "fields not a list": ("account_fields: name\n", {}, ["account_fields", "list"]),
     "http authority": (
         GOOD_YAML,
