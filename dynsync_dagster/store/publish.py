@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
+from glob import escape as glob_escape
 from pathlib import Path
 
 import duckdb
@@ -98,6 +99,14 @@ def _temp_prefix(published: Path) -> str:
 
 def _spare_path(published: Path) -> Path:
     return published.with_name(f".{published.name}.spare")
+
+
+def store_files(published: Path) -> list[Path]:
+    """Every file that makes up the store at `published`: the file readers open, the working
+    store, the stage, their WALs and locks, and the spare. Moving all of them aside resets it."""
+    published = Path(published)
+    found = sorted(published.parent.glob(glob_escape(published.name) + "*"))
+    return [*found, *(p for p in [_spare_path(published)] if p.exists())]
 
 
 def _retiring_path(published: Path) -> Path:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import duckdb
 
@@ -33,7 +34,13 @@ from dynsync_dagster.dynamics.pages import ArrowDecoder
 from dynsync_dagster.settings import ConnectionSettings, SyncSettings
 from dynsync_dagster.store.connection import cycle_lock, private_files, stage_path
 from dynsync_dagster.store.lineage import write_lineage
-from dynsync_dagster.store.publish import Published, PublishError, bump_generation, writing
+from dynsync_dagster.store.publish import (
+    Published,
+    PublishError,
+    bump_generation,
+    store_files,
+    writing,
+)
 from dynsync_dagster.store.schema import (
     SchemaChange,
     apply_schema_change,
@@ -144,6 +151,8 @@ def run_cycle(
             return _commit(sync, Path(db_path), options, fetched, run_id, started)
         except PublishError:
             raise  # the cycle itself committed: its sync_runs row says so
+        except StoreOfAnotherOrg:
+            raise  # another org's store stays exactly as it was, its sync_runs included
         except Exception as exc:
             _record_failure(Path(db_path), options, run_id, started, exc)
             raise
@@ -188,6 +197,7 @@ def _fetch(
 ) -> _Fetched:
     """Resolve the fields, then read contacts and accounts into a stage next to the store."""
     states, synced_before, columns = _look_at_store(db_path, options)
+    _refuse_another_org(states, conn, db_path)
     stage: Stage | None = None
     with _client(conn, options, client) as client:
         try:
@@ -228,6 +238,27 @@ def _look_at_store(
         con = session.con
         ensure_fixed_tables(con)
         return read_reader_states(con), previously_synced_fields(con), existing_columns(con)
+
+
+class StoreOfAnotherOrg(RuntimeError):
+    """The store was synced from another org than DYNAMICS_URL names."""
+
+
+def _refuse_another_org(
+    states: dict[str, ReaderState], conn: ConnectionSettings, db_path: Path
+) -> None:
+    """A store follows one org: its delta links name the org it was synced from. Mixing two
+    orgs' records in one file would be silent corruption, so refuse before reading anything."""
+    for state in states.values():
+        origin = urlsplit(state.delta_link or "").netloc
+        if origin and origin != urlsplit(conn.url).netloc:
+            files = " ".join(str(p) for p in store_files(db_path))
+            raise StoreOfAnotherOrg(
+                f"the store {db_path} holds the org https://{origin}, not DYNAMICS_URL="
+                f"{conn.url}; nothing was read or changed. To sync {conn.url}, set "
+                "DYNSYNC_DUCKDB_PATH to a new file; to start this store over for it, move "
+                f"these files aside first: {files}"
+            )
 
 
 @contextlib.contextmanager

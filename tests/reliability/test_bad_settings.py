@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from dynsync_dagster.simulator import Simulator
@@ -197,12 +198,13 @@ RUNTIME = {
         {"DYNAMICS_TENANT_ID": "00000000-0000-0000-0000-000000000000"},
         ["DYNAMICS_TENANT_ID"],
     ),
-    "url of another org": Case(GOOD_YAML, {"DYNAMICS_URL": "closed"}, ["DYNAMICS_URL"]),
-    "unreachable": Case(
+    # Refused from the store's delta links alone, before any request: the URL may be closed.
+    "url of another org": Case(
         GOOD_YAML,
-        {"DYNAMICS_URL": "closed", "DYNAMICS_AUTHORITY_HOST": "closed"},
-        ["127.0.0.1", "network"],
+        {"DYNAMICS_URL": "closed"},
+        ["holds the org https://127.0.0.1:", "DYNSYNC_DUCKDB_PATH", "move these files aside"],
     ),
+    "unreachable": Case(GOOD_YAML, {"DYNAMICS_AUTHORITY_HOST": "closed"}, ["127.0.0.1", "network"]),
 }
 
 
@@ -282,3 +284,12 @@ def test_repo_settings_file_is_valid() -> None:
     from dynsync_dagster.settings import SyncSettings
 
     assert SyncSettings.load(REPO / "dynsync.yaml").account_fields
+
+
+def test_a_store_of_another_org_is_left_exactly_as_it_was(runtime_runs: dict[str, Ran]) -> None:
+    """Not even a failed sync_runs row: the file belongs to the other org's history."""
+    ran = runtime_runs["url of another org"]
+    with duckdb.connect(str(ran.db), read_only=True) as con:
+        outcomes = [r[0] for r in con.execute("SELECT outcome FROM sync_runs").fetchall()]
+    assert outcomes == ["success"]
+    assert str(ran.db) in _one_line_error(ran.result.stderr)
