@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from dynsync_dagster.sync import progress
+
 # The checkout: dynsync.yaml, workspace.yaml and dagster_home/ live here.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The project's Dagster instance: where `dynsync dev` and the README's `dagster dev` look, so
@@ -50,6 +52,7 @@ def run_sync_job(trigger: str = "cli"):
 
     from dynsync_dagster.definitions import defs
 
+    progress.show_on_terminal()  # a full read's progress, if stderr is a terminal
     # DagsterInstance.get() is the public way to open an instance: it reads DAGSTER_HOME.
     home = dagster_home()
     os.environ["DAGSTER_HOME"] = str(home)

@@ -227,6 +227,19 @@ class DynamicsClient:
         )
         return list(body.get("AttributePrivileges") or [])
 
+    def record_counts(self, logical_names: Sequence[str]) -> dict[str, int]:
+        """Row counts per table from Dataverse's snapshot (up to a day old): an estimate, but
+        the only count past `$count`'s cap of 5,000."""
+        names = [_checked_logical_name(n) for n in logical_names]
+        body = self.get_json(
+            "RetrieveTotalRecordCount(EntityNames=@p1)",
+            {"@p1": "[" + ",".join(f"'{n}'" for n in names) + "]"},
+        )
+        counts = body.get("EntityRecordCountCollection") or {}
+        return {
+            str(k): int(v) for k, v in zip(counts.get("Keys") or [], counts.get("Values") or [])
+        }
+
     def role_names(self, user_id: str) -> list[str]:
         uid = _checked_guid(user_id)
         rows = self._collect(f"systemusers({uid})/systemuserroles_association", {"$select": "name"})

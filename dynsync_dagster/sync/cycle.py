@@ -60,6 +60,7 @@ from dynsync_dagster.store.state import (
     write_reader_state,
     write_sync_run,
 )
+from dynsync_dagster.sync import progress
 from dynsync_dagster.sync.rules import MergeContext, MergeCounts, apply_cycle
 from dynsync_dagster.sync.stage import (
     ANNOTATIONS,
@@ -208,8 +209,9 @@ def _fetch(
             schema = plan_schema_change(columns, plan)
             stage = Stage(stage_path(db_path), plan)
             fetched = _Fetched(stage, plan, client.stats)
+            watcher = _Watcher(progress.current(), client)
             for entity in ("contact", "account"):
-                read = _EntityRead(client, stage, plan, entity, datetime.now(UTC))
+                read = _EntityRead(client, stage, plan, entity, datetime.now(UTC), watcher)
                 next_state, mode = _fetch_entity(read, schema, states.get(entity))
                 fetched.modes[entity] = mode
                 if next_state is not None:
@@ -281,6 +283,27 @@ def _keep_or_discard(stage: Stage) -> None:
         stage.discard()
 
 
+class _Watcher:
+    """Progress of the full reads, with totals fetched once and only when someone watches."""
+
+    def __init__(self, shown: progress.ReadProgress, client: DynamicsClient) -> None:
+        self.shown = shown
+        self._client = client
+        self._totals: dict[str, int] | None = None
+
+    def total(self, entity: str) -> int | None:
+        if not isinstance(self.shown, progress.TerminalProgress):
+            return None  # nobody watches: not even one request for it
+        if self._totals is None:
+            try:
+                self._totals = self._client.record_counts(["contact", "account"])
+            except DynamicsError as exc:
+                # Optional: without the count, progress shows rows and rate but no total.
+                log.info("no record counts for progress (%s)", exc)
+                self._totals = {}
+        return self._totals.get(entity)
+
+
 @dataclass(frozen=True)
 class _EntityRead:
     """One entity's read this cycle: where its pages come from and where they go."""
@@ -290,6 +313,7 @@ class _EntityRead:
     plan: FieldPlan
     entity: str
     started: datetime
+    watcher: _Watcher | None = None
 
     @property
     def select_list(self) -> str:
@@ -351,12 +375,18 @@ class _EntityRead:
         rows, so a failed full read resumes where it stopped.
         """
         link = None
+        shown = self.watcher.shown if self.watcher and checkpoint else progress.ReadProgress()
+        if checkpoint is not None:
+            total = self.watcher.total(self.entity) if self.watcher else None
+            # A resumed read counts the rows the failed cycle staged.
+            shown.start(self.entity, checkpoint[0], total, self.stage.rows.get(self.entity, 0))
         for page in _prefetched(pages):
             self.stage.add_page(self.entity, page)
             link = page.delta_link or link
+            shown.page(self.entity, len(page))
             if checkpoint is not None:
                 mode, started_at = checkpoint
-                progress = Progress(
+                saved = Progress(
                     mode,
                     self.select_list,
                     page.next_link,
@@ -364,7 +394,8 @@ class _EntityRead:
                     page.next_link is None,
                     started_at,
                 )
-                self.stage.checkpoint(self.entity, progress)
+                self.stage.checkpoint(self.entity, saved)
+        shown.done(self.entity)
         return link
 
     def state(self, mode: str, delta_link: str | None, cursor: datetime | None) -> ReaderState:
