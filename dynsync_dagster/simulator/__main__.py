@@ -54,7 +54,34 @@ def _parser(prog: str = "python -m dynsync_dagster.simulator") -> argparse.Argum
         action="store_true",
         help="the sync user lacks prvReadUser: its systemuser row and column privileges are 403",
     )
+    parser.add_argument(
+        "--realistic-limits",
+        action="store_true",
+        help="model a real org's service protection: each request costs server time by the "
+        "rows and columns it returns (a 5,000-row page about 1-1.5 s) and is held that long; "
+        "per user per 300 s: 6,000 requests, 1,200 s of execution time, 52 at once; beyond "
+        "them 429 with the documented code and Retry-After (default: off, as fast as it can)",
+    )
+    parser.add_argument(
+        "--clock-speed",
+        type=_clock_speed,
+        default=1.0,
+        metavar="N",
+        help="service protection's clock runs N times real time: at 20 a 1 s request holds "
+        "0.05 s and the 300 s window passes in 15 s; Retry-After stays in real seconds "
+        "(default 1)",
+    )
     return parser
+
+
+def _clock_speed(text: str) -> float:
+    try:
+        speed = float(text)
+    except ValueError:
+        speed = 0.0
+    if not 0 < speed < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0 (1 is real time), got {text!r}")
+    return speed
 
 
 def _sized(text: str) -> tuple[int, ...]:
@@ -115,6 +142,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         sync_user_can_read_roles=not args.sync_user_cannot_read_roles,
         sync_user_can_read_users=not args.sync_user_cannot_read_users,
         trickle_per_minute=args.trickle_per_minute,
+        realistic_limits=args.realistic_limits,
+        clock_speed=args.clock_speed,
     )
     try:
         sim.start()

@@ -13,10 +13,12 @@ from types import TracebackType
 
 from .admin import AdminEndpoint
 from .auth import Authority, Credentials, Principal, TokenStore
+from .clock import SimClock
 from .faults import FaultInjector
 from .generator import DatasetSpec, generate
 from .limits import ServiceProtection
 from .org import SYSTEM_ADMINISTRATOR, Org, SystemUser
+from .realism import ServerTime
 from .schema import metadata_id
 from .server import ServerThread, SimulatorServer
 from .tls import make_server_context
@@ -104,6 +106,9 @@ class Simulator:
         request_limit: int = 6000,
         concurrency_limit: int = 52,
         trickle_per_minute: float = 0,
+        execution_limit_s: float = 1200,
+        realistic_limits: bool = False,
+        clock_speed: float = 1.0,
     ) -> None:
         self.spec = spec or DatasetSpec()
         self.spec.validate()
@@ -136,7 +141,15 @@ class Simulator:
             gc.freeze()
         self.faults = FaultInjector()
         self.tokens = TokenStore()
-        self.limits = ServiceProtection(request_limit, concurrency_limit)
+        # realistic_limits: each request costs modelled server time (limits.py, realism.py);
+        # clock_speed: service protection's clock runs that many times real time (clock.py).
+        self.limits = ServiceProtection(
+            request_limit,
+            concurrency_limit,
+            execution_limit_s * 1000,
+            clock=SimClock(clock_speed),
+            server_time=ServerTime() if realistic_limits else None,
+        )
         self._state = WebApiState(page_cap=max_page_size)
         self.admin_key = secrets.token_urlsafe(24)
         self._server: ServerThread | None = None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -156,12 +155,12 @@ class Application:
         fault = self.faults.take(False, request.target)
         if fault is not None and fault.kind not in ("drop", "malformed"):
             raise _fault_error(fault.kind, fault.retry_after, self._unauthorized)
-        self.limits.enter(principal.user_id)
-        started = time.perf_counter()
+        started = self.limits.enter(principal.user_id)
+        response: Response | None = None
         try:
             response = self._route(request, path, principal)
-        finally:
-            self.limits.exit(principal.user_id, time.perf_counter() - started)
+        finally:  # charges the request's execution time (and holds it, in the realistic mode)
+            self.limits.exit(principal.user_id, started, response)
         response.headers.update(self.limits.headers(principal.user_id))
         response.headers["OData-Version"] = "4.0"
         delivery = fault.kind if fault is not None else "normal"
