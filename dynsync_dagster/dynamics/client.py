@@ -237,7 +237,8 @@ class DynamicsClient:
         )
         counts = body.get("EntityRecordCountCollection") or {}
         return {
-            str(k): int(v) for k, v in zip(counts.get("Keys") or [], counts.get("Values") or [])
+            str(k): int(v)
+            for k, v in zip(counts.get("Keys") or [], counts.get("Values") or [], strict=False)
         }
 
     def role_names(self, user_id: str) -> list[str]:
