@@ -153,13 +153,18 @@ class FieldPlan:
     sync_user_id: str | None = None
     sync_user_is_admin: bool = False
     warnings: list[str] = field(default_factory=list)
+    # entity -> the sync filter's Two Options column, where the org has one the user may read
+    sync_filter: dict[str, str] = field(default_factory=dict)
 
     def synced(self, entity: str) -> list[FieldSpec]:
         return self.fields[entity]
 
     def select(self, entity: str) -> list[str]:
-        """The $select list: system columns plus the synced fields, as Web API properties."""
+        """The $select list: system columns, the sync filter's column and the synced fields,
+        as Web API properties."""
         props = [_api_name(entity, f) for f in SYSTEM_FIELDS[entity]]
+        if entity in self.sync_filter:
+            props.append(self.sync_filter[entity])
         props += [f.api_name for f in self.fields[entity] if f.api_name not in props]
         return props
 
@@ -178,6 +183,7 @@ def resolve_fields(
     account_fields: Sequence[str],
     contact_fields: Sequence[str],
     previously_synced: Iterable[tuple[str, str]] = (),
+    sync_filter_field: str | None = None,
 ) -> FieldPlan:
     """Intersect the selection with metadata (exists, IsValidForRead) and column security.
 
@@ -203,6 +209,8 @@ def resolve_fields(
         missing, known[entity] = _resolve_entity(
             source, plan, entity, selection[entity], before, readable_secured
         )
+        if sync_filter_field:
+            _find_sync_filter(plan, entity, sync_filter_field)
         if missing:
             unknown[entity] = missing
     if unknown:
@@ -251,6 +259,26 @@ def _resolve_entity(
         if name not in chosen
     ]
     return unknown, list(attrs)
+
+
+def _find_sync_filter(plan: FieldPlan, entity: str, name: str) -> None:
+    """Marketo's custom sync filter: a readable Two Options column decides per record. An org
+    without it syncs every record; one the sync user cannot read is a warning, not a filter."""
+    decision = next((d for d in plan.decisions if d.entity == entity and d.field == name), None)
+    if decision is None or not decision.exists:
+        return
+    if decision.attribute_type != "BooleanType":
+        plan.warnings.append(
+            f"{entity}.{name} is a {decision.attribute_type}, not Two Options: it is not used as "
+            "the sync filter (set sync_filter_field to a Two Options column)"
+        )
+    elif not decision.readable:
+        plan.warnings.append(
+            f"{entity}.{name} (the sync filter) cannot be read by the sync user: every "
+            "record syncs until it can"
+        )
+    else:
+        plan.sync_filter[entity] = name
 
 
 def _not_selected(

@@ -34,6 +34,13 @@ def _parser(prog: str = "python -m dynsync_dagster.simulator") -> argparse.Argum
     parser.add_argument("--contact-parented-contacts", type=int, default=0)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--history-days", type=int, default=30)
+    parser.add_argument(
+        "--sync-filter",
+        type=float,
+        metavar="SHARE",
+        help="give accounts and contacts Marketo's sync filter column new_synctomkto, with "
+        "this share of records set to No (e.g. 0.05), as many to Yes, the rest empty",
+    )
     parser.add_argument("--state-dir", default=".dynsync-sim")
     parser.add_argument(
         "--trickle-per-minute",
@@ -168,6 +175,7 @@ def _spec(args: argparse.Namespace) -> DatasetSpec:
         contact_parented_contacts=args.contact_parented_contacts,
         seed=args.seed,
         history_days=args.history_days,
+        sync_filter_no_share=args.sync_filter,
     )
 
 

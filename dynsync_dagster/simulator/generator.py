@@ -160,6 +160,10 @@ class DatasetSpec:
     contact_parented_contacts: int = 0
     seed: int = 7
     history_days: int = 30
+    # Marketo's custom sync filter: accounts and contacts get the Two Options column
+    # new_synctomkto, with this share of records set to No and as many to Yes (the rest
+    # empty). Off (None) by default: an org without the column syncs every record.
+    sync_filter_no_share: float | None = None
 
     def validate(self) -> None:
         fixed = sum(self.sized_accounts) + self.orphan_contacts + self.contact_parented_contacts
@@ -176,6 +180,8 @@ class DatasetSpec:
                 f"sized_accounts has {len(self.sized_accounts)} entries "
                 f"but accounts={self.accounts}"
             )
+        if self.sync_filter_no_share is not None and not 0 <= self.sync_filter_no_share <= 0.5:
+            raise ValueError("sync_filter_no_share must be between 0 and 0.5")
         if self.contacts < fixed:
             raise ValueError(
                 f"contacts={self.contacts} is less than sum(sized_accounts) + orphan_contacts + "
@@ -209,6 +215,9 @@ def _guid(rng: random.Random) -> str:
 def generate(spec: DatasetSpec, org: Org, owners: list[str]) -> None:
     """Fill an empty org; versions follow modifiedon order like a real org's history."""
     spec.validate()
+    if spec.sync_filter_no_share is not None:
+        for entity in ("account", "contact"):
+            org.add_attribute(entity, SYNC_FILTER_FIELD, "BooleanType")
     gen = _Generator(spec, org, owners)
     for i in range(spec.accounts):
         gen.account(i)
@@ -216,9 +225,26 @@ def generate(spec: DatasetSpec, org: Org, owners: list[str]) -> None:
     for i in range(spec.contacts):
         gen.contact(i, parents)
     gen.set_primary_contacts()
+    if spec.sync_filter_no_share is not None:
+        _set_sync_filter(spec, org, gen)
     last = gen.number_versions()
     org.load("account", gen.account_rows, last)
     org.load("contact", gen.contact_rows, last)
+
+
+SYNC_FILTER_FIELD = "new_synctomkto"
+
+
+def _set_sync_filter(spec: DatasetSpec, org: Org, gen: _Generator) -> None:
+    """No on a share of the records, Yes on as many, empty on the rest. A stream of its own,
+    so every other generated value is the same with the filter on or off."""
+    rng = random.Random(spec.seed + 1)
+    share = spec.sync_filter_no_share or 0.0
+    for entity, rows in (("account", gen.account_rows), ("contact", gen.contact_rows)):
+        slot = org.tables[entity].slots[SYNC_FILTER_FIELD]
+        for row in rows.values():
+            draw = rng.random()
+            row[slot] = False if draw < share else True if draw < 2 * share else None
 
 
 def _contact_parents(

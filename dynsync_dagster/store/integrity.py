@@ -19,23 +19,38 @@ class Finding:
     metadata: dict = field(default_factory=dict)
 
 
+# A contact's account is stored, or was kept out by the sync filter (filtered_records).
+_DANGLING = """
+    FROM contacts c WHERE NOT c.is_deleted AND c.accountid IS NOT NULL
+    AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.accountid = c.accountid)
+    AND NOT EXISTS (SELECT 1 FROM filtered_records f
+                    WHERE f.entity = 'account' AND f.record_id = c.accountid)
+"""
+
+
 def contacts_reference_accounts(con: duckdb.DuckDBPyConnection) -> Finding:
     rows = con.execute(
-        "SELECT CAST(c.contactid AS VARCHAR), CAST(c.accountid AS VARCHAR) FROM contacts c "
-        "WHERE NOT c.is_deleted AND c.accountid IS NOT NULL "
-        "AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.accountid = c.accountid) "
-        "ORDER BY 1 LIMIT 20"
+        "SELECT CAST(c.contactid AS VARCHAR), CAST(c.accountid AS VARCHAR) "
+        f"{_DANGLING} ORDER BY 1 LIMIT 20"
     ).fetchall()
-    dangling = con.execute(
-        "SELECT count(*) FROM contacts c WHERE NOT c.is_deleted AND c.accountid IS NOT NULL "
-        "AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.accountid = c.accountid)"
+    dangling = con.execute(f"SELECT count(*) {_DANGLING}").fetchone()[0]
+    kept_out = con.execute(
+        "SELECT count(*) FROM contacts c WHERE NOT c.is_deleted AND c.accountid IN "
+        "(SELECT record_id FROM filtered_records WHERE entity = 'account')"
     ).fetchone()[0]
     return Finding(
         dangling == 0,
-        "every contact's account is in `accounts`"
+        (
+            "every contact's account is in `accounts`"
+            + (f" or kept out by the sync filter ({kept_out} contacts)" if kept_out else "")
+        )
         if dangling == 0
         else f"{dangling} contact(s) point at an account that is not stored",
-        {"dangling_contacts": int(dangling), "examples": [list(r) for r in rows]},
+        {
+            "dangling_contacts": int(dangling),
+            "contacts_of_filtered_accounts": int(kept_out),
+            "examples": [list(r) for r in rows],
+        },
     )
 
 

@@ -22,6 +22,8 @@ _BASE_DESCRIPTIONS = {
     "last_run_id": "The cycle (Dagster run) that last changed the row",
     "parentcustomerid": "The contact's parent customer (an account or a contact)",
     "parentcustomerid_type": "Table of the parent customer: account or contact",
+    "sync_filtered": "Stale: the sync filter turned No after the record synced; it keeps its "
+    "last synced values until the filter turns Yes again",
 }
 
 

@@ -18,6 +18,9 @@ _TRACKED = {
     "first_synced_at": "TIMESTAMPTZ",
     "last_synced_at": "TIMESTAMPTZ",
     "last_run_id": "VARCHAR",
+    # Stale because of the sync filter: Dynamics set it to No after it synced (its values are
+    # the last synced ones, and later Dynamics changes do not apply until it turns Yes).
+    "sync_filtered": "BOOLEAN NOT NULL DEFAULT false",
 }
 # Columns dynsync maintains itself; every other column of accounts/contacts is a synced field.
 ACCOUNT_BASE = {"accountid": "UUID", **_TRACKED}
@@ -117,7 +120,10 @@ CREATE TABLE IF NOT EXISTS sync_runs (
     retries BIGINT,
     throttle_wait_s DOUBLE,
     record_errors BIGINT,
-    error VARCHAR
+    error VARCHAR,
+    accounts_filtered BIGINT,
+    contacts_filtered BIGINT,
+    updates_blocked BIGINT
 );
 CREATE TABLE IF NOT EXISTS column_lineage (
     table_name VARCHAR NOT NULL,
@@ -126,6 +132,13 @@ CREATE TABLE IF NOT EXISTS column_lineage (
     source_column VARCHAR NOT NULL,
     description VARCHAR,
     updated_at TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS filtered_records (
+    entity VARCHAR NOT NULL,
+    record_id UUID NOT NULL,
+    first_seen_at TIMESTAMPTZ NOT NULL,
+    last_seen_at TIMESTAMPTZ NOT NULL,
+    run_id VARCHAR
 );
 CREATE TABLE IF NOT EXISTS sync_errors (
     run_id VARCHAR,
@@ -164,6 +177,33 @@ def ensure_fixed_tables(con: duckdb.DuckDBPyConnection) -> None:
     for table, base in BASE_COLUMNS.items():
         cols = ", ".join(f"{quote(c)} {t}" for c, t in base.items())
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
+    for table, columns in _ADDED_SINCE.items():
+        _add_missing_columns(con, table, columns)
+
+
+# Columns added after the first release: a store made before lacks them.
+_ADDED_SINCE = {
+    "accounts": {"sync_filtered": _TRACKED["sync_filtered"]},
+    "contacts": {"sync_filtered": _TRACKED["sync_filtered"]},
+    "sync_runs": {
+        "accounts_filtered": "BIGINT",
+        "contacts_filtered": "BIGINT",
+        "updates_blocked": "BIGINT",
+    },
+}
+
+
+def _add_missing_columns(
+    con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str]
+) -> None:
+    """Bring an older store's table up to date (DuckDB's ADD COLUMN takes a default but no
+    NOT NULL)."""
+    have = table_columns(con, table)
+    for col, dtype in columns.items():
+        if col not in have:
+            con.execute(
+                f"ALTER TABLE {table} ADD COLUMN {quote(col)} {dtype.replace(' NOT NULL', '')}"
+            )
 
 
 def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:

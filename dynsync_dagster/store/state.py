@@ -130,6 +130,9 @@ class SyncRun:
     retries: int | None = None
     throttle_wait_s: float | None = None
     record_errors: int | None = None
+    accounts_filtered: int | None = None  # staged with the sync filter at No
+    contacts_filtered: int | None = None
+    updates_blocked: int | None = None  # Dynamics changes kept off contacts (block_field_updates)
 
 
 def write_sync_run(con: duckdb.DuckDBPyConnection, run: SyncRun) -> None:

@@ -34,6 +34,7 @@ from dynsync_dagster.dynamics.pages import ArrowDecoder
 from dynsync_dagster.settings import ConnectionSettings, SyncSettings
 from dynsync_dagster.store.connection import cycle_lock, private_files, stage_path
 from dynsync_dagster.store.lineage import write_lineage
+from dynsync_dagster.store.outbox import record_run
 from dynsync_dagster.store.publish import (
     Published,
     PublishError,
@@ -60,7 +61,8 @@ from dynsync_dagster.store.state import (
     write_reader_state,
     write_sync_run,
 )
-from dynsync_dagster.sync import progress
+from dynsync_dagster.sync import parallel_read, progress
+from dynsync_dagster.sync.parallel_read import ParallelRead
 from dynsync_dagster.sync.rules import MergeContext, MergeCounts, apply_cycle
 from dynsync_dagster.sync.stage import (
     ANNOTATIONS,
@@ -86,6 +88,9 @@ class CycleOptions:
     run_id: str | None = None
     page_size: int = 5000
     store_wait_s: float = 60.0
+    # Full reads in parallel key ranges within a share of the budget (parallel_read.py);
+    # None: one page at a time. Off unless DYNSYNC_PARALLEL_READ=1.
+    parallel: ParallelRead | None = field(default_factory=parallel_read.from_env)
 
 
 @dataclass
@@ -179,6 +184,7 @@ def _record_failure(
                 error=(str(exc) or f"unexpected {type(exc).__name__}; see the run log")[:2000],
             )
             write_sync_run(con, failed)
+            record_run(con, run_id)  # for PostgreSQL's copy (store/outbox.py)
             # Readers should see that the last cycle failed, not only the one before it.
             bump_generation(con, run_id, now)
             con.execute("COMMIT")
@@ -203,7 +209,13 @@ def _fetch(
     with _client(conn, options, client) as client:
         try:
             t0 = time.perf_counter()
-            plan = resolve_fields(client, sync.account_fields, sync.contact_fields, synced_before)
+            plan = resolve_fields(
+                client,
+                sync.account_fields,
+                sync.contact_fields,
+                synced_before,
+                sync_filter_field=sync.sync_filter_field,
+            )
             for warning in plan.warnings:
                 log.warning(warning)
             schema = plan_schema_change(columns, plan)
@@ -211,7 +223,9 @@ def _fetch(
             fetched = _Fetched(stage, plan, client.stats)
             watcher = _Watcher(progress.current(), client)
             for entity in ("contact", "account"):
-                read = _EntityRead(client, stage, plan, entity, datetime.now(UTC), watcher)
+                read = _EntityRead(
+                    client, stage, plan, entity, datetime.now(UTC), watcher, options.parallel
+                )
                 next_state, mode = _fetch_entity(read, schema, states.get(entity))
                 fetched.modes[entity] = mode
                 if next_state is not None:
@@ -314,6 +328,7 @@ class _EntityRead:
     entity: str
     started: datetime
     watcher: _Watcher | None = None
+    parallel: ParallelRead | None = None
 
     @property
     def select_list(self) -> str:
@@ -431,7 +446,10 @@ def _fetch_entity(
     ):
         read.drain(read.modified(state.cursor_modifiedon - CURSOR_OVERLAP))
         return read.state("cursor", None, state.cursor_modifiedon), "cursor"
-    link = read.drain(read.everything(), checkpoint=(mode, read.started))
+    if read.parallel is not None:
+        link = parallel_read.read_all(read, read.parallel, mode)
+    else:
+        link = read.drain(read.everything(), checkpoint=(mode, read.started))
     return _after_full(read, link if read.tracking else None), mode
 
 
@@ -461,8 +479,8 @@ def _resume_full_read(read: _EntityRead) -> tuple[ReaderState, str] | None:
 
 def _read_after_checkpoint(read: _EntityRead, resumed: Progress) -> bool:
     """Read the pages after the checkpoint; False if Dynamics refused the saved link."""
-    if not resumed.resume_link:
-        return False
+    if not resumed.resume_link:  # a parallel read's parts, if it was one
+        return parallel_read.resume(read, resumed, read.parallel)
     try:
         pages = read.link(resumed.resume_link, track_changes=read.tracking)
         read.drain(pages, checkpoint=(resumed.mode, resumed.started_at))
@@ -581,6 +599,7 @@ def _apply(
     if _changed_data(applied, schema) or decisions_fingerprint(con) != decisions_before:
         bump_generation(con, run_id, now)
     write_sync_run(con, _success_row(options, fetched, applied, run_id, started))
+    record_run(con, run_id)  # for PostgreSQL's copy (store/outbox.py)
     return applied
 
 
@@ -612,6 +631,9 @@ def _success_row(
         retries=stats.retries,
         throttle_wait_s=stats.throttle_wait_s,
         record_errors=applied.record_errors,
+        accounts_filtered=counts.accounts_filtered,
+        contacts_filtered=counts.contacts_filtered,
+        updates_blocked=counts.updates_blocked,
     )
 
 
@@ -640,6 +662,9 @@ def _changed_data(applied: _Applied, schema: SchemaChange) -> bool:
         counts.local_edits_overwritten,
         counts.activities_logged,
         counts.activities_suppressed,
+        counts.accounts_filtered,  # may have made a record stale (sync_filtered)
+        counts.contacts_filtered,
+        counts.updates_blocked,
         applied.record_errors,
     )
     return any(moved) or bool(schema.added) or bool(schema.dropped)

@@ -12,6 +12,7 @@ from datetime import datetime
 import duckdb
 
 from dynsync_dagster.dynamics.fields import PRIMARY_KEY, FieldPlan, FieldSpec
+from dynsync_dagster.store.outbox import record_cycle
 from dynsync_dagster.store.schema import SchemaChange, literal, quote, rewrite_rows
 from dynsync_dagster.sync.activity import (
     REASON_ACCOUNT_UPDATED,
@@ -23,7 +24,7 @@ from dynsync_dagster.sync.activity import (
     activity_value_sql,
     log_activity,
 )
-from dynsync_dagster.sync.stage import attached, rows_table, typed_view
+from dynsync_dagster.sync.stage import SYNC_FLAG, attached, rows_table, typed_view
 
 # Re-propagation writes in place when at most this many columns change (see _repropagate).
 IN_PLACE_MAX_COLUMNS = 6
@@ -63,6 +64,11 @@ class MergeCounts:
     activities_logged: int = 0
     activities_suppressed: int = 0
     suppressed_accounts: list[dict] = field(default_factory=list)
+    # Records the sync filter kept out this cycle (staged with No): not created, or left stale.
+    accounts_filtered: int = 0
+    contacts_filtered: int = 0
+    # (account, field) pairs whose Dynamics change stayed off the contacts (dynamics_sync block)
+    updates_blocked: int = 0
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,7 @@ def apply_cycle(con: duckdb.DuckDBPyConnection, ctx: MergeContext) -> MergeCount
         for t in ("accounts", "contacts")
     )
     _apply_accounts(con, ctx, counts, had_accounts)
+    counts.accounts_filtered = _filter_out(con, ctx, "account", "accounts", "acc_upd")
     if had_contacts:
         _apply_contacts(con, ctx, counts)
         _repropagate(con, ctx, counts)
@@ -140,6 +147,11 @@ def apply_cycle(con: duckdb.DuckDBPyConnection, ctx: MergeContext) -> MergeCount
         # No contact existed before this cycle: none can change, move or be deleted, and
         # none needs its account values re-propagated.
         _insert_first_contacts(con, ctx, counts)
+    counts.contacts_filtered = _filter_out(
+        con, ctx, "contact", "contacts", "con_upd" if had_contacts else None
+    )
+    # What PostgreSQL's copy must ship (store/outbox.py), read while prop_vals still exists.
+    record_cycle(con, ctx.run_id, ctx.schema)
     for t in SCRATCH_TABLES:
         con.execute(f"DROP TABLE IF EXISTS {t}")
     return counts
@@ -167,10 +179,11 @@ def _staged_updates(entity: str, table: str, stored: str = "") -> str:
     row (alias t).
     """
     key = PRIMARY_KEY[entity]
+    # The sync filter: a record Dynamics marks No is never created nor updated (_filter_out).
     return f"""
         SELECT s.*, t.{key} IS NULL AS is_new{stored}
         FROM {attached(typed_view(entity))} s LEFT JOIN {table} t USING ({key})
-        WHERE NOT s._deleted
+        WHERE NOT s._deleted AND s.{SYNC_FLAG} IS NOT false
           AND (t.{key} IS NULL OR s.versionnumber > t.versionnumber
                OR (t.is_deleted AND s.versionnumber >= t.versionnumber))
         """
@@ -196,6 +209,7 @@ def _rewrite_updated(
             **{c: f"v.{quote(c)}" for c in [*columns, "modifiedon", "versionnumber"]},
             "is_deleted": "false",
             "deleted_at": "NULL",
+            "sync_filtered": "false",  # a stale record the filter lets through again
             "last_synced_at": "$now",
             "last_run_id": "$run",
         },
@@ -223,14 +237,15 @@ def _fill_added_columns(
 def _mark_deleted(
     con: duckdb.DuckDBPyConnection, entity: str, table: str, ctx: MergeContext
 ) -> int:
-    """Flag the records Dynamics deleted (their rows stay); return how many."""
+    """Flag the records Dynamics deleted (their rows stay); return how many. A stale record
+    (sync_filtered) takes no Dynamics change, its deletion included."""
     key = PRIMARY_KEY[entity]
     params = {"now": ctx.now, "run": ctx.run_id}
     deleted = _written(
         con.execute(
             f"""
             UPDATE {table} SET is_deleted = true, deleted_at = $now, last_run_id = $run
-            WHERE NOT is_deleted
+            WHERE NOT is_deleted AND NOT sync_filtered
               AND {key} IN (SELECT {key} FROM {attached(typed_view(entity))} WHERE _deleted)
             """,
             params,
@@ -244,7 +259,7 @@ def _mark_deleted(
             con.execute(
                 f"""
                 UPDATE {table} t SET is_deleted = true, deleted_at = $now, last_run_id = $run
-                WHERE NOT t.is_deleted
+                WHERE NOT t.is_deleted AND NOT t.sync_filtered
                   AND NOT EXISTS (SELECT 1 FROM {attached(rows_table(entity))} s
                                   WHERE NOT s._deleted AND s._key = t.{key})
                 """,
@@ -276,6 +291,58 @@ def _apply_accounts(
         _fill_added_columns(con, "account", "accounts", ctx.schema.added.get("accounts", []))
     counts.accounts_deleted = _mark_deleted(con, "account", "accounts", ctx)
     counts.local_edits_overwritten = _drop_overwritten_local_edits(con)
+
+
+def _filter_out(
+    con: duckdb.DuckDBPyConnection,
+    ctx: MergeContext,
+    entity: str,
+    table: str,
+    upserts: str | None,
+) -> int:
+    """The sync filter (Marketo's new_synctomkto), after the entity's upserts: a stored record
+    Dynamics now marks No goes stale (sync_filtered, its last synced values kept); one never
+    synced is remembered in filtered_records, so that the integrity checks know why a contact
+    points to an account the store does not have. Returns how many staged records said No."""
+    key, staged = PRIMARY_KEY[entity], attached(typed_view(entity))
+    params = {"entity": entity, "now": ctx.now, "run": ctx.run_id}
+    gone = f"SELECT {key} FROM {staged} WHERE _deleted"
+    if upserts:  # synced now: no longer kept out
+        gone += f" UNION ALL SELECT {key} FROM {upserts} WHERE is_new"
+    if ctx.reconcile_deletes.get(entity):  # a full read: not seen means deleted in Dynamics
+        gone += (
+            f" UNION ALL SELECT record_id FROM filtered_records WHERE entity = $entity "
+            f"AND NOT EXISTS (SELECT 1 FROM {attached(rows_table(entity))} r "
+            f"WHERE NOT r._deleted AND r._key = record_id)"
+        )
+    con.execute(
+        f"DELETE FROM filtered_records WHERE entity = $entity AND record_id IN ({gone})",
+        {"entity": entity},
+    )
+    if entity not in ctx.plan.sync_filter:
+        return 0
+    said_no = f"(SELECT * FROM {staged} WHERE NOT _deleted AND {SYNC_FLAG} IS false)"
+    con.execute(
+        f"""
+        UPDATE {table} t SET sync_filtered = true, last_run_id = $run
+        FROM {said_no} s
+        WHERE t.{key} = s.{key} AND NOT t.sync_filtered AND NOT t.is_deleted
+          AND s.versionnumber > t.versionnumber
+        """,
+        {"run": ctx.run_id},
+    )
+    con.execute(
+        f"""
+        MERGE INTO filtered_records f
+        USING (SELECT s.{key} AS record_id FROM {said_no} s
+               WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE t.{key} = s.{key})) s
+        ON f.entity = $entity AND f.record_id = s.record_id
+        WHEN MATCHED THEN UPDATE SET last_seen_at = $now, run_id = $run
+        WHEN NOT MATCHED THEN INSERT VALUES ($entity, s.record_id, $now, $now, $run)
+        """,
+        params,
+    )
+    return _scalar(con, f"SELECT count(*) FROM {said_no}")
 
 
 def _keep_accounts_before(con: duckdb.DuckDBPyConnection, ctx: MergeContext) -> None:
@@ -328,7 +395,10 @@ def _insert_first_contacts(
     con: duckdb.DuckDBPyConnection, ctx: MergeContext, counts: MergeCounts
 ) -> None:
     """The first load of contacts: straight from the stage, without an upsert set."""
-    live = f"(SELECT * FROM {attached(typed_view('contact'))} WHERE NOT _deleted)"
+    live = (
+        f"(SELECT * FROM {attached(typed_view('contact'))} "
+        f"WHERE NOT _deleted AND {SYNC_FLAG} IS NOT false)"
+    )
     _insert_new_contacts(con, ctx, live, "")
     counts.contacts_upserted = _scalar(con, "SELECT count(*) FROM contacts")
 

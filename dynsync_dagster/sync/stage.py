@@ -94,8 +94,16 @@ class StageColumn:
     arrow: pa.DataType
 
 
-def stage_columns(entity: str, fields: Sequence[FieldSpec]) -> list[StageColumn]:
+# The sync filter's value of a staged record (NULL where the org has no filter column).
+SYNC_FLAG = "_sync_flag"
+
+
+def stage_columns(
+    entity: str, fields: Sequence[FieldSpec], sync_filter: str | None = None
+) -> list[StageColumn]:
     cols = [StageColumn("id", PRIMARY_KEY[entity], pa.string())]
+    if sync_filter:
+        cols.append(StageColumn(SYNC_FLAG, sync_filter, pa.bool_()))
     if entity == "contact":
         cols += [
             StageColumn("parentcustomerid", "_parentcustomerid_value", pa.string()),
@@ -147,7 +155,9 @@ class Stage:
 
     def __post_init__(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._columns = {e: stage_columns(e, self.plan.synced(e)) for e in ENTITIES}
+        self._columns = {
+            e: stage_columns(e, self.plan.synced(e), self.plan.sync_filter.get(e)) for e in ENTITIES
+        }
         # stage column -> the DuckDB type it is stored as (the store's type for field values)
         self._types = {e: _stored_types(e, self.plan) for e in ENTITIES}
         self._typing = {e: self._typing_sql(e) for e in ENTITIES}
@@ -230,6 +240,17 @@ class Stage:
             [entity],
         ).fetchone()
         return Progress(*row) if row else None
+
+    def part_progress(self, entity: str) -> dict[str, Progress]:
+        """The checkpoints of a read done in parallel parts, saved as `<entity>@<part>`."""
+        assert self._con is not None
+        self._write_progress()
+        rows = self._con.execute(
+            "SELECT entity, mode, select_list, resume_link, delta_link, complete, started_at "
+            f"FROM {PROGRESS} WHERE starts_with(entity, ?)",
+            [entity + "@"],
+        ).fetchall()
+        return {row[0]: Progress(*row[1:]) for row in rows}
 
     def _write(self) -> duckdb.DuckDBPyConnection:
         """The connection, inside a transaction: pages are committed in batches, together
@@ -391,9 +412,13 @@ class Stage:
     def reset(self, entity: str) -> None:
         """Forget what was staged for an entity (a read that must start again)."""
         assert self._con is not None
-        self._pending_progress.pop(entity, None)
+        for key in [k for k in self._pending_progress if k.split("@")[0] == entity]:
+            self._pending_progress.pop(key)
         self._con.execute(f"DELETE FROM {rows_table(entity)}")
-        self._con.execute(f"DELETE FROM {PROGRESS} WHERE entity = ?", [entity])
+        self._con.execute(
+            f"DELETE FROM {PROGRESS} WHERE entity = ? OR starts_with(entity, ?)",
+            [entity, entity + "@"],
+        )
         self.rows[entity] = 0
         self.deleted[entity] = 0
 
@@ -478,7 +503,8 @@ class Stage:
                     f"AND o.field = {literal(f.name)} AND o.value = {quote(f.name)}) "
                     f"AS {quote(f.label_column)}"
                 )
-        return [*typed, "modifiedon", "versionnumber", "_deleted"]
+        flag = SYNC_FLAG if entity in self.plan.sync_filter else f"NULL::BOOLEAN AS {SYNC_FLAG}"
+        return [*typed, "modifiedon", "versionnumber", "_deleted", flag]
 
     def close(self) -> None:
         if self._con is not None:
