@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from dynsync_dagster.commands.admin import add_commands as add_admin_commands
 from dynsync_dagster.commands.runs import CommandError, run_sync_job
 from dynsync_dagster.settings import ConnectionSettings, SettingsError, SyncSettings, duckdb_path
 
@@ -65,6 +66,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("column", help="TABLE.COLUMN, e.g. contacts.account_industrycode")
     p.set_defaults(func=cmd_lineage)
 
+    p = sub.add_parser(
+        "publish",
+        help="copy the store to PostgreSQL now (DYNSYNC_POSTGRES_URL); cycles do it themselves",
+    )
+    p.add_argument(
+        "--full", action="store_true", help="rebuild the PostgreSQL tables whole from the store"
+    )
+    p.set_defaults(func=cmd_publish)
+
     # No options of its own here: `--help`, `--port`, ... are the simulator's (see main()).
     p = sub.add_parser(
         "simulator",
@@ -105,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
         "--postgres", action="store_true", help="storage in PostgreSQL, from DAGSTER_PG_* variables"
     )
     p.set_defaults(func=cmd_instance)
+    add_admin_commands(sub)  # status, errors, purge
     return parser
 
 
@@ -176,6 +187,21 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from dynsync_dagster.store.connection import StoreBusyError
+    from dynsync_dagster.store.postgres import PostgresPublishError, publish_store
+
+    try:
+        done = publish_store(duckdb_path(), full=args.full)
+    except (PostgresPublishError, StoreBusyError) as exc:
+        raise CommandError(str(exc)) from None
+    shipped = ", ".join(f"{t} {n}" for t, n in sorted(done.shipped.items())) or "nothing"
+    print(f"published to PostgreSQL ({done.mode}) in {done.seconds:.2f}s: rows copied: {shipped}")
+    for note in done.deferred:
+        print(f"put off until readers finish: {note}")
+    return 0
+
+
 # -- local edit ------------------------------------------------------------------------------
 
 
@@ -185,8 +211,10 @@ def cmd_set_account_field(args: argparse.Namespace) -> int:
 
     value = None if args.value == "NULL" else args.value
     try:
-        result = set_account_field(duckdb_path(), args.contact_id, args.field, value)
-    except (LocalEditError, StoreBusyError) as exc:
+        result = set_account_field(
+            duckdb_path(), args.contact_id, args.field, value, sync=SyncSettings.load()
+        )
+    except (LocalEditError, StoreBusyError, SettingsError) as exc:
         raise CommandError(str(exc)) from None
     print(confirmation(result))
     return 0

@@ -4,6 +4,7 @@ import dagster as dg
 from pydantic import Field
 
 from dynsync_dagster.defs.resources import DynsyncStore
+from dynsync_dagster.settings import SettingsError, SyncSettings
 from dynsync_dagster.sync.local_edit import LocalEditError, confirmation, set_account_field
 
 OP = "set_account_field_locally"
@@ -52,9 +53,14 @@ def set_account_field_locally(
         raise dg.Failure(description=missing)
     try:
         result = set_account_field(
-            store.path(), config.contact_id, config.field, config.value, run_id=context.run.run_id
+            store.path(),
+            config.contact_id,
+            config.field,
+            config.value,
+            run_id=context.run.run_id,
+            sync=SyncSettings.load(),
         )
-    except LocalEditError as exc:
+    except (LocalEditError, SettingsError) as exc:
         raise dg.Failure(description=str(exc)) from None
     context.log.info(confirmation(result))
     for key in ("contacts", "activity_log"):

@@ -586,8 +586,9 @@ def _apply(
     # The columns may have changed since the first look (another cycle ran).
     schema = plan_schema_change(existing_columns(con), plan)
     apply_schema_change(con, plan, schema)
+    blocked = frozenset(f for f in sync.block_field_updates if sync.blocked(f, "dynamics_sync"))
     ctx = MergeContext(
-        plan, schema, fetched.reconcile, run_id, now, sync.activity_log_contact_limit
+        plan, schema, fetched.reconcile, run_id, now, sync.activity_log_contact_limit, blocked
     )
     counts = apply_cycle(con, ctx)
     rejects = {e: attached(rejects_table(e)) for e in ENTITIES}

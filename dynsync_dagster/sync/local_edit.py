@@ -15,7 +15,9 @@ from pathlib import Path
 
 import duckdb
 
+from dynsync_dagster.settings import SyncSettings
 from dynsync_dagster.store.connection import private_files, working_path
+from dynsync_dagster.store.outbox import record_local_edit
 from dynsync_dagster.store.publish import Published, bump_generation, writing
 from dynsync_dagster.store.schema import ensure_fixed_tables, literal, quote, table_columns
 from dynsync_dagster.sync.activity import (
@@ -68,13 +70,20 @@ def set_account_field(
     *,
     run_id: str | None = None,
     wait_s: float = 30.0,
+    sync: SyncSettings | None = None,
 ) -> LocalEditResult:
-    """Set account field `field` to `value` on every contact of `contact_id`'s account."""
+    """Set account field `field` to `value` on every contact of `contact_id`'s account.
+    `sync`: the settings whose block_field_updates may refuse the edit."""
     try:
         contact_uuid = str(uuid.UUID(contact_id.strip()))
     except ValueError:
         raise LocalEditError(f"contact id {contact_id!r} is not a GUID") from None
     field = field.strip().lower()
+    if sync is not None and sync.blocked(field, "local_update"):
+        raise LocalEditError(
+            f"{field} is blocked for local updates (block_field_updates in {sync.source}): "
+            "change it in Dynamics, or remove local_update for it there; nothing was changed"
+        )
     db_path = Path(db_path)
     if not (db_path.exists() or working_path(db_path).exists()):
         raise LocalEditError(f"{db_path} does not exist yet: run `dynsync sync` first")
@@ -85,6 +94,7 @@ def set_account_field(
         con.execute("BEGIN TRANSACTION")
         try:
             result = _apply(con, contact_uuid, field, value, edited_at, run_id)
+            record_local_edit(con, result.accountid)  # for PostgreSQL's copy (store/outbox.py)
             bump_generation(con, run_id, edited_at)
             con.execute("COMMIT")
         except BaseException:

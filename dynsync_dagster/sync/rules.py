@@ -81,6 +81,9 @@ class MergeContext:
     run_id: str
     now: datetime
     contact_limit: int
+    # Account fields whose Dynamics changes stay off the contacts (block_field_updates:
+    # dynamics_sync), an explicit opt-in exception to rule 5.
+    blocked_fields: frozenset[str] = frozenset()
 
 
 def effective_accounts_sql(
@@ -290,7 +293,8 @@ def _apply_accounts(
     if refill:
         _fill_added_columns(con, "account", "accounts", ctx.schema.added.get("accounts", []))
     counts.accounts_deleted = _mark_deleted(con, "account", "accounts", ctx)
-    counts.local_edits_overwritten = _drop_overwritten_local_edits(con)
+    counts.updates_blocked = _block_dynamics_updates(con, ctx)
+    counts.local_edits_overwritten = _drop_overwritten_local_edits(con, ctx.blocked_fields)
 
 
 def _filter_out(
@@ -359,17 +363,50 @@ def _keep_accounts_before(con: duckdb.DuckDBPyConnection, ctx: MergeContext) -> 
     )
 
 
-def _drop_overwritten_local_edits(con: duckdb.DuckDBPyConnection) -> int:
+def _drop_overwritten_local_edits(con: duckdb.DuckDBPyConnection, blocked: frozenset[str]) -> int:
     """Rule 5: a Dynamics update made at or after a local edit overwrites it (modifiedon has
-    second precision, so an update in the same second as the edit wins). Returns how many."""
+    second precision, so an update in the same second as the edit wins), except on a field
+    blocked for Dynamics updates. Returns how many."""
     return _written(
         con.execute(
             """
             DELETE FROM local_edits e USING acc_upd s
             WHERE e.accountid = s.accountid AND s.modifiedon >= date_trunc('second', e.edited_at)
-            """
+              AND NOT list_contains($blocked, e.field)
+            """,
+            {"blocked": sorted(blocked)},
         )
     )
+
+
+def _block_dynamics_updates(con: duckdb.DuckDBPyConnection, ctx: MergeContext) -> int:
+    """block_field_updates: dynamics_sync. Where Dynamics changed a blocked field of an updated
+    account, the account row takes the new value but its contacts keep theirs: the value they
+    had is pinned as a pending local edit (unless one is pending already), which rule 5 then
+    leaves alone. The rest of the rules see the pin like any local edit, so contacts that join
+    the account take the same value and no activity is logged. Returns the (account, field)
+    pairs kept off the contacts."""
+    blocked = [f for f in ctx.plan.synced("account") if f.name in ctx.blocked_fields]
+    kept = 0
+    for f in blocked:
+        changed = f"u.{quote(f.name)} IS DISTINCT FROM b.{quote(f.name)}"
+        kept += _scalar(
+            con,
+            f"SELECT count(*) FROM acc_upd u JOIN acc_before b USING (accountid) "
+            f"WHERE NOT u.is_new AND {changed}",
+        )
+        con.execute(
+            f"""
+            INSERT INTO local_edits (accountid, field, value, account_versionnumber, edited_at)
+            SELECT u.accountid, $field, CAST(b.{quote(f.name)} AS VARCHAR), u.versionnumber, $now
+            FROM acc_upd u JOIN acc_before b USING (accountid)
+            WHERE NOT u.is_new AND {changed}
+              AND NOT EXISTS (SELECT 1 FROM local_edits e
+                              WHERE e.accountid = u.accountid AND e.field = $field)
+            """,
+            {"field": f.name, "now": ctx.now},
+        )
+    return kept
 
 
 def _insert_new_contacts(
