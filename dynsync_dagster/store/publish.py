@@ -43,6 +43,7 @@ from dynsync_dagster.store.connection import (
     writer_lock,
 )
 from dynsync_dagster.store.files import copy_into, refresh_into
+from dynsync_dagster.store.postgres import PostgresPublished, publish_after_commit
 
 log = logging.getLogger("dynsync.publish")
 
@@ -156,6 +157,9 @@ class Writing:
     con: duckdb.DuckDBPyConnection
     published: Published | None = None
     publish_s: float = 0.0
+    # The PostgreSQL copy (store/postgres.py), when DYNSYNC_POSTGRES_URL is set.
+    postgres: PostgresPublished | None = None
+    postgres_error: str | None = None
 
 
 @contextlib.contextmanager
@@ -175,6 +179,12 @@ def writing(
             session = Writing(con)
             yield session
             generation = current_generation(con)
+            if publish:  # a PostgreSQL failure is reported, never undoes the commit
+                session.postgres, session.postgres_error = publish_after_commit(
+                    con, published.parent, run_id
+                )
+                if session.postgres_error:
+                    log.warning(session.postgres_error)
         if publish:
             t0 = time.perf_counter()
             try:
