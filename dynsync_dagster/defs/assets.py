@@ -189,6 +189,9 @@ def _account_figures(result: CycleResult) -> dict:
         "records_upserted": counts.accounts_upserted,
         "records_deleted": counts.accounts_deleted,
         "local_edits_overwritten": counts.local_edits_overwritten,
+        "records_filtered": counts.accounts_filtered,
+        "sync_filter": result.plan.sync_filter.get("account") or "(none in the org)",
+        "updates_blocked": counts.updates_blocked,
         **_reader_meta(result, "account"),
     }
 
@@ -202,6 +205,8 @@ def _contact_figures(result: CycleResult) -> dict:
         "records_upserted": counts.contacts_upserted,
         "records_deleted": counts.contacts_deleted,
         "contacts_repropagated": counts.contacts_repropagated,
+        "records_filtered": counts.contacts_filtered,
+        "sync_filter": result.plan.sync_filter.get("contact") or "(none in the org)",
         **_reader_meta(result, "contact"),
     }
 

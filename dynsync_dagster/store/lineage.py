@@ -240,6 +240,12 @@ _FIXED_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "record_errors": "Records skipped because a value does not fit its column "
         "(listed in sync_errors)",
         "error": "Why a failed cycle failed, and what to do; NULL on success",
+        "accounts_filtered": "Accounts read with the sync filter at No: not created, or "
+        "left stale (sync_filtered)",
+        "contacts_filtered": "Contacts read with the sync filter at No: not created, or "
+        "left stale (sync_filtered)",
+        "updates_blocked": "Account fields Dynamics changed whose contacts kept their value "
+        "(block_field_updates: dynamics_sync)",
     },
     "sync_fields": {
         "entity": "account or contact",
