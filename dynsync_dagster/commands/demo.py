@@ -38,6 +38,7 @@ def run_demo(work: Path, *, accounts: int = 300, contacts: int = 9000) -> str:
         orphan_contacts=25,
         contact_parented_contacts=10,
         seed=42,
+        sync_filter_no_share=0.02,  # Marketo's sync filter: a few records say No
     )
     saved = dict(os.environ)
     with Simulator(spec, state_dir=work / "simulator") as sim:
@@ -49,6 +50,7 @@ def run_demo(work: Path, *, accounts: int = 300, contacts: int = 9000) -> str:
             # The demo's own instance needs no history: partitions from a month back, so its first
             # cycle records ~30 days as covered instead of every day since 2025 (README).
             os.environ.setdefault("DYNSYNC_PARTITION_START", _a_month_ago())
+            _big_account_syncs_whole(sim)
             print(f"simulator on {sim.org_url}: {accounts} accounts, {spec.contacts} contacts")
             print("cycle 1: the whole database ...")
             run_sync_job("demo")
@@ -62,9 +64,20 @@ def run_demo(work: Path, *, accounts: int = 300, contacts: int = 9000) -> str:
     return _summary(db)
 
 
+def _big_account_syncs_whole(sim: Simulator) -> None:
+    """The sync filter keeps ~2% of records out; none of the big account's contacts, so that
+    it stays one contact over the activity-log limit, as the demo says."""
+    org = sim.org
+    big = max(org.account_ids(), key=lambda a: len(org.contacts_of(a)))
+    for contact in org.contacts_of(big):
+        if org.get_contact(contact).get("new_synctomkto") is False:
+            org.update_contact(contact, new_synctomkto=True)
+
+
 def _change_some_accounts(sim: Simulator) -> str:
     org = sim.org
-    by_size = sorted(org.account_ids(), key=lambda a: len(org.contacts_of(a)), reverse=True)
+    synced = [a for a in org.account_ids() if org.get_account(a).get("new_synctomkto") is not False]
+    by_size = sorted(synced, key=lambda a: len(org.contacts_of(a)), reverse=True)
     big, mid, small = by_size[0], by_size[1], by_size[-1]
     org.update_account(big, name="Contoso Holdings (renamed)", numberofemployees=12000)
     org.update_account(mid, address1_city="Rotterdam", industrycode=7)
@@ -88,6 +101,10 @@ def _summary(db: Path) -> str:
         suppressed = con.execute(
             "SELECT count(*), coalesce(sum(rows_suppressed), 0) FROM activity_suppressions"
         ).fetchone()
+        kept_out = con.execute(
+            "SELECT count(*) FILTER (WHERE entity = 'account'), "
+            "count(*) FILTER (WHERE entity = 'contact') FROM filtered_records"
+        ).fetchone()
         excluded = con.execute(
             "SELECT entity || '.' || field || ': ' || reason FROM sync_fields "
             "WHERE selected AND NOT synced ORDER BY entity, field"
@@ -98,6 +115,8 @@ def _summary(db: Path) -> str:
         f"accounts: {accounts}   contacts: {contacts}",
         f"Change Data Value activity rows: {logged}",
         f"suppressed (account over the contact limit): {suppressed[1]} rows on {suppressed[0]} account(s)",
+        f"kept out by the sync filter (new_synctomkto = No): {kept_out[0]} accounts, "
+        f"{kept_out[1]} contacts",
         "fields not synced: " + ("; ".join(r[0] for r in excluded) or "none"),
         f"DuckDB file: {db}",
         f"  query it:  uv run python -c \"import duckdb; print(duckdb.connect('{db}', read_only=True)"
