@@ -126,7 +126,12 @@ def _field_checks(
     """Whether every selected field exists (an error, as in a sync) and whether the sync user
     can read it (a warning: a sync leaves an unreadable field out and goes on)."""
     try:
-        plan = resolve_fields(client, sync.account_fields, sync.contact_fields)
+        plan = resolve_fields(
+            client,
+            sync.account_fields,
+            sync.contact_fields,
+            sync_filter_field=sync.sync_filter_field,
+        )
     except FieldSelectionError as exc:
         yield Check(
             "selected fields exist",
@@ -144,6 +149,17 @@ def _field_checks(
         if not (roles_warned and warning.startswith(ROLES_UNREADABLE)):
             yield Check("sync user's access", True, warning, warning=True)
     yield _readable(plan)
+    yield _sync_filter(plan, sync.sync_filter_field)
+
+
+def _sync_filter(plan: FieldPlan, name: str) -> Check:
+    """Whether Marketo's sync filter is in force, and where."""
+    where = [f"{e}.{plan.sync_filter[e]}" for e in ENTITIES if e in plan.sync_filter]
+    if where:
+        detail = f"{', '.join(where)} decides per record (No keeps a record out or stale)"
+    else:
+        detail = f"no {name} column on account or contact: every record syncs"
+    return Check("sync filter", True, detail)
 
 
 def _readable(plan: FieldPlan) -> Check:

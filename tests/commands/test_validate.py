@@ -3,6 +3,7 @@ warning, what stops a sync is a failure, and every failure says what to check.""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from dynsync_dagster.commands.validate import render, validate
@@ -50,6 +51,18 @@ def test_the_shipped_settings_validate_green_on_the_simulator(
     signed_in = next(line for line in out.splitlines() if "credentials and URL" in line)
     assert "the sync user is Dynsync Sync User <" in signed_in, signed_in
     assert "user id " in signed_in
+    # SMALL has no sync filter column: validate says every record syncs.
+    filter_line = next(line for line in out.splitlines() if "sync filter" in line)
+    assert "no new_synctomkto column" in filter_line and "every record syncs" in filter_line
+
+
+def test_validate_names_the_sync_filter_where_the_org_has_it(tmp_path: Path) -> None:
+    spec = replace(SMALL, sync_filter_no_share=0.1)
+    with Simulator(spec, state_dir=tmp_path / "sim") as sim:
+        result = run_cli(["validate"], _env(sim, tmp_path), REPO, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = next(x for x in result.stdout.splitlines() if "sync filter" in x)
+    assert "account.new_synctomkto, contact.new_synctomkto decides per record" in line
 
 
 def test_a_misspelt_field_fails_and_says_what_to_fix(sim: Simulator, tmp_path: Path) -> None:
