@@ -18,6 +18,7 @@ import pyarrow as pa
 import requests
 
 from dynsync_dagster.dynamics.auth import TokenProvider, build_session
+from dynsync_dagster.dynamics.budget import Budget
 from dynsync_dagster.dynamics.errors import DynamicsError, PagingLoopError
 from dynsync_dagster.dynamics.pages import ArrowDecoder, ArrowRows, decode_json
 from dynsync_dagster.dynamics.transport import (
@@ -95,6 +96,14 @@ class DynamicsClient:
             conn, self._session, tokens, retry=retry, timeout_s=timeout_s, sleep=sleep
         )
         self.stats: ClientStats = self._transport.stats
+        self._options = dict(retry=retry, page_size=page_size, timeout_s=timeout_s, sleep=sleep)
+
+    def fork(self, gate: Budget | None = None) -> DynamicsClient:
+        """A client for another thread: its own HTTP session (a requests Session is not
+        thread-safe) and stats, the same access tokens and options; its requests pass `gate`."""
+        twin = DynamicsClient(self._conn, token_provider=self._transport.tokens, **self._options)
+        twin._transport.gate = gate
+        return twin
 
     def __repr__(self) -> str:
         return f"DynamicsClient(api_root={self._api_root!r}, flow={self._conn.flow!r})"
@@ -160,6 +169,16 @@ class DynamicsClient:
         # Dataverse ignores $top when odata.maxpagesize is sent: send one or the other.
         prefer = self._prefer(track_changes, annotations, page_size=top is None)
         return self._follow(url, prefer, arrow)
+
+    def query_link(
+        self, entity_set: str, *, select: Sequence[str], filter: str | None, orderby: str | None
+    ) -> str:
+        """The URL of a query's first page, to save and follow later with `iter_link`."""
+        params = {"$select": ",".join(select)}
+        for key, value in (("$filter", filter), ("$orderby", orderby)):
+            if value:
+                params[key] = value
+        return self._url(_checked_logical_name(entity_set), params)
 
     def iter_link(
         self,

@@ -16,6 +16,7 @@ import requests
 import urllib3
 
 from dynsync_dagster.dynamics.auth import TokenProvider, connection_failure
+from dynsync_dagster.dynamics.budget import Budget
 from dynsync_dagster.dynamics.errors import (
     DynamicsError,
     ExpiredDeltaToken,
@@ -120,6 +121,8 @@ class Transport:
     ) -> None:
         self.stats = ClientStats()
         self.tokens = tokens  # public: tests read the token to check it never leaks
+        # A parallel read's share of the user's service-protection budget (budget.py).
+        self.gate: Budget | None = None
         self._conn = conn
         self._session = session
         self._retry = retry
@@ -175,6 +178,15 @@ class Transport:
             return self._retry_for(state, raw, err)
 
     def _exchange(self, url: str, headers: dict[str, str]) -> tuple[requests.Response, bytes]:
+        """Send the GET, through the gate of a parallel read's budget if there is one."""
+        if self.gate is None:
+            return self._send(url, headers)
+        with self.gate.request() as answered:
+            raw, content = self._send(url, headers)
+            answered(raw.status_code, raw.headers)
+            return raw, content
+
+    def _send(self, url: str, headers: dict[str, str]) -> tuple[requests.Response, bytes]:
         """Send the GET and read the whole body; a dropped connection is a TransientError."""
         self.stats.requests += 1
         assert _METHOD == "GET"

@@ -430,7 +430,12 @@ def _fetch_entity(
     # A changed $select (field added or removed) needs every record again, not a delta.
     fresh = state is None or state.select_list != read.select_list or schema.refill(read.entity)
     mode = "full"
-    if read.tracking and not fresh and state is not None and state.delta_link:
+    if read.tracking and not fresh and state is not None and state.mode == parallel_read.TRACKING:
+        finished = parallel_read.finish_token(read, state)  # a parallel first copy's token
+        if finished is not None:
+            return finished, "delta"
+        mode = "resync"
+    elif read.tracking and not fresh and state is not None and state.delta_link:
         try:
             link = read.drain(read.link(state.delta_link)) or state.delta_link
             return read.state("delta", link, None), "delta"
@@ -447,9 +452,8 @@ def _fetch_entity(
         read.drain(read.modified(state.cursor_modifiedon - CURSOR_OVERLAP))
         return read.state("cursor", None, state.cursor_modifiedon), "cursor"
     if read.parallel is not None:
-        link = parallel_read.read_all(read, read.parallel, mode)
-    else:
-        link = read.drain(read.everything(), checkpoint=(mode, read.started))
+        return parallel_read.read_all(read, read.parallel, mode), mode
+    link = read.drain(read.everything(), checkpoint=(mode, read.started))
     return _after_full(read, link if read.tracking else None), mode
 
 
