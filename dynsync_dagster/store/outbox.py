@@ -12,10 +12,11 @@ as they are now, and trims the entries PostgreSQL has applied. Why the copy is t
 - The next publish replaces, for every key with an entry above S, PostgreSQL's row by
   DuckDB's current one, or deletes it when DuckDB has none. Shipping a row twice is harmless,
   so entries may overlap and the publish is idempotent.
-- `activity_log` only grows, with ids from a sequence under one writer: the rows with an id
-  above PostgreSQL's largest are exactly the new ones (a writer that deletes activity rows
-  records their ids here). The small tables (store/postgres.py, WHOLE_TABLES) are copied
-  whole on every publish.
+- `activity_log` rows are only added, with ids from a sequence under one writer, or deleted:
+  the rows with an id above PostgreSQL's largest are exactly the new ones, and a deletion
+  (activity retention's purge records nothing here) shows in the row count PostgreSQL keeps,
+  which then drops the ids DuckDB no longer has. The small tables (store/postgres.py,
+  WHOLE_TABLES) are copied whole on every publish.
 - With DYNSYNC_POSTGRES_URL unset nothing is recorded; the transaction notes instead that its
   changes went unrecorded (`skipped_through`), and the next publish to PostgreSQL is a full one.
 """
