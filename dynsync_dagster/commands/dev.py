@@ -65,6 +65,10 @@ def run_dev(args: argparse.Namespace) -> int:
                 print("simulator did not stop in time; killed it", file=sys.stderr, flush=True)
 
 
+# A -W filter (Python matches the start of the message): silence only that one warning.
+DEV_SUPERSEDED_WARNING = "ignore:Function `dev_command` is superseded"
+
+
 def dev_environment(
     sim_env: Mapping[str, str], db: Path, base: Mapping[str, str] | None = None
 ) -> dict[str, str]:
@@ -78,6 +82,11 @@ def dev_environment(
     env.setdefault("DYNSYNC_CONFIG", str(REPO_ROOT / "dynsync.yaml"))
     env.setdefault("DAGSTER_HOME", str(REPO_ROOT / "dagster_home"))
     Path(env["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    # `dagster dev` warns on every start that `dg dev` supersedes it: advice about Dagster's
+    # own CLI that a dynsync user cannot act on (the project runs from workspace.yaml).
+    env["PYTHONWARNINGS"] = ",".join(
+        w for w in [env.get("PYTHONWARNINGS", ""), DEV_SUPERSEDED_WARNING] if w
+    )
     # The simulator is on loopback: never send that traffic through a configured proxy.
     for key in ("NO_PROXY", "no_proxy"):
         hosts = [h for h in env.get(key, "").split(",") if h]

@@ -76,6 +76,8 @@ def test_dynsync_dev_serves_the_ui_and_stops_cleanly(tmp_path: Path) -> None:
         assert not alive, f"left running after dynsync dev stopped: {alive}"
         assert stopped_in < CTRL_C_BUDGET_S, f"took {stopped_in:.1f}s:\n{out.read_text()[-3000:]}"
         assert "Traceback" not in out.read_text()
+        # No deprecation warnings from our own command (dagster dev's "superseded" one).
+        assert "Warning" not in out.read_text(), out.read_text()[-3000:]
     finally:
         session.close()
         # On a failure above: nothing may outlive the test (the children have own sessions).
