@@ -15,6 +15,7 @@ from dynsync_dagster.defs.resources import DynsyncStore
 from dynsync_dagster.store import integrity
 from dynsync_dagster.store.connection import StoreNotReadyError
 from dynsync_dagster.store.publish import confirmed_at, open_published
+from dynsync_dagster.store.sync_status import records_set_aside
 
 Check = Callable[[duckdb.DuckDBPyConnection], integrity.Finding]
 
@@ -51,7 +52,17 @@ CHECKS: list[tuple[str, str, str, Check]] = [
         "Freshness: the last committed scheduled cycle finished within 15 minutes.",
         integrity.last_cycle_fresh,
     ),
+    (
+        "sync_runs",
+        "no_records_set_aside",
+        "Sync Errors: warns (WARN, not an error) while a record is set aside because a value "
+        "does not fit its column; `dynsync errors` lists them.",
+        records_set_aside,
+    ),
 ]
+# Checks that warn instead of failing: a record set aside does not make the store wrong.
+WARN_ONLY = {"no_records_set_aside"}
+SEVERITY = {True: dg.AssetCheckSeverity.WARN, False: dg.AssetCheckSeverity.ERROR}
 
 
 def _result(key: dg.AssetCheckKey, finding: integrity.Finding) -> dg.AssetCheckResult:
@@ -59,6 +70,7 @@ def _result(key: dg.AssetCheckKey, finding: integrity.Finding) -> dg.AssetCheckR
         asset_key=key.asset_key,
         check_name=key.name,
         passed=finding.passed,
+        severity=SEVERITY[key.name in WARN_ONLY],
         description=finding.description,
         metadata={
             k: dg.MetadataValue.json(v) if isinstance(v, dict | list) else v

@@ -21,6 +21,7 @@ def test_definitions_load_with_the_asset_graph(definitions) -> None:
         "contacts",
         "activity_log",
         "sync_runs",
+        "sync_status",
     }
     graph = d.resolve_asset_graph()
     assert dg.AssetKey("accounts") in graph.get(dg.AssetKey("contacts")).parent_keys

@@ -86,7 +86,7 @@ def test_local_edit_job_does_what_the_cli_does(sync_env: Path, bound_definitions
             instance=instance, partition_key=today
         )
         checks = sync.get_asset_check_evaluations()
-        assert len(checks) == 5 and all(c.passed for c in checks), [
+        assert len(checks) == 6 and all(c.passed for c in checks), [
             (c.check_name, c.description) for c in checks if not c.passed
         ]
 
