@@ -20,6 +20,7 @@ from dynsync_dagster.dynamics.backlog import Pending, pending_changes
 from dynsync_dagster.dynamics.errors import DynamicsError
 from dynsync_dagster.settings import ConnectionSettings, SettingsError
 from dynsync_dagster.store.connection import (
+    StoreBusyError,
     configure,
     is_lock_conflict,
     working_path,
@@ -65,25 +66,14 @@ class StoreStatus:
 
 @contextlib.contextmanager
 def _latest_store(published: Path, wait_s: float) -> Iterator[duckdb.DuckDBPyConnection | None]:
-    """A read-only connection to the working store if it exists, else the published file,
-    else None (no cycle has run)."""
+    """A read-only connection to the working store, else (no working store, or a commit
+    holding it longer than `wait_s`) the published file, else None (no cycle has run)."""
     published = Path(published)
-    working = working_path(published)
-    if working.exists():
-        with writer_lock(published, wait_s):
-            try:
-                con = duckdb.connect(str(working), read_only=True)
-            except duckdb.IOException as exc:
-                if not is_lock_conflict(exc):
-                    raise
-                con = None  # held outside dynsync's locks: fall back to the published file
-            if con is not None:
-                try:
-                    configure(con)
-                    yield con
-                finally:
-                    con.close()
-                return
+    with contextlib.ExitStack() as stack:
+        con = _working_read_only(stack, published, wait_s)
+        if con is not None:
+            yield con
+            return
     if not published.exists():
         yield None
         return
@@ -91,8 +81,29 @@ def _latest_store(published: Path, wait_s: float) -> Iterator[duckdb.DuckDBPyCon
         yield con
 
 
+def _working_read_only(
+    stack: contextlib.ExitStack, published: Path, wait_s: float
+) -> duckdb.DuckDBPyConnection | None:
+    """Under the writer lock, so that no commit is half-way; None if that cannot be had."""
+    working = working_path(published)
+    if not working.exists():
+        return None
+    try:
+        stack.enter_context(writer_lock(published, wait_s))
+        con = duckdb.connect(str(working), read_only=True)
+    except StoreBusyError:
+        return None
+    except duckdb.IOException as exc:
+        if not is_lock_conflict(exc):
+            raise
+        return None  # held outside dynsync's locks
+    stack.callback(con.close)
+    configure(con)
+    return con
+
+
 def read_store_status(
-    published: Path, now: datetime | None = None, wait_s: float = 30.0
+    published: Path, now: datetime | None = None, wait_s: float = 5.0
 ) -> StoreStatus | None:
     """What the store says about the sync; None when there is no store yet."""
     now = now or datetime.now(UTC)

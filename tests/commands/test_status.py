@@ -10,6 +10,8 @@ import pytest
 
 from dynsync_dagster.commands.cli import main
 from dynsync_dagster.dynamics.errors import DynamicsError
+from dynsync_dagster.store.connection import writer_lock
+from dynsync_dagster.store.sync_status import read_store_status
 from dynsync_dagster.sync.cycle import CycleOptions, run_cycle
 from tests.support import REPO, Harness, fast_client, pick_sized
 
@@ -127,3 +129,18 @@ def test_status_without_dynamics_still_shows_the_store(
         "unknown (missing environment variable(s) DYNAMICS_CLIENT_SECRET"
     )
     assert "success" in shown["last committed cycle"]
+
+
+def test_status_reads_the_cycle_that_changed_nothing_and_never_waits_long(
+    status_env: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cycle that changed nothing is not republished (publish.py): status still sees it,
+    from the working store. While a writer holds that, it answers from the published file."""
+    harness = status_env
+    harness.cycle()
+    harness.cycle()  # nothing changed: committed to the working store only
+    assert "accounts delta, contacts delta" in _status(capsys)["last committed cycle"]
+    with writer_lock(harness.db, 0):
+        status = read_store_status(harness.db, wait_s=0.2)
+    assert status is not None and status.last_committed is not None
+    assert status.last_committed.account_mode == "full"  # the published file's last cycle
