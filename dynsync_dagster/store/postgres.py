@@ -193,7 +193,15 @@ def _why_full(state: tuple | None, store_id: str, skipped: int) -> str | None:
 def _pg_transaction(target: Target) -> Iterator[psycopg2.extensions.cursor]:
     """One PostgreSQL transaction, committed when the body returns, rolled back otherwise."""
     conn = psycopg2.connect(
-        target.url, connect_timeout=10, application_name="dynsync publish", client_encoding="UTF8"
+        target.url,
+        connect_timeout=10,
+        application_name="dynsync publish",
+        client_encoding="UTF8",
+        # A server that vanishes mid-publish must fail it, not hang the cycle's writer lock.
+        keepalives=1,
+        keepalives_idle=30,
+        keepalives_interval=10,
+        keepalives_count=3,
     )
     try:
         with conn.cursor() as cur:
