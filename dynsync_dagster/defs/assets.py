@@ -232,6 +232,8 @@ def _run_figures(result: CycleResult) -> dict:
         "backoff_wait_s": round(stats.backoff_wait_s, 3),
         "fetch_s": round(result.fetch_s, 3),
         "write_s": round(result.write_s, 3),
+        # Sync Errors: this cycle's; the no_records_set_aside check lists the latest ones
+        "records_set_aside": result.record_errors,
     }
 
 

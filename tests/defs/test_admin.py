@@ -88,6 +88,12 @@ def test_a_record_set_aside_warns_in_the_sync_job(
         sim.org.update_account(bad, new_score=1e40)
         result = sync.execute_in_process(instance=instance, partition_key=_today())
         assert result.success  # a record set aside does not fail the cycle
+        runs = next(
+            m
+            for m in result.asset_materializations_for_node("dynamics_sync")
+            if m.asset_key == dg.AssetKey("sync_runs")
+        )
+        assert runs.metadata["records_set_aside"].value == 1  # this cycle's
         checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
         warned = checks["no_records_set_aside"]
         assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN
