@@ -216,7 +216,11 @@ def _prepare(cur: psycopg2.extensions.cursor, schema: str) -> None:
     """The schema and the publish state, created on the first publish; one publisher at a time
     per schema (two stores pointed at one schema take turns)."""
     cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"dynsync publish {schema}"])
-    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    # A schema an admin made beforehand needs no CREATE privilege on the database, and
+    # CREATE SCHEMA IF NOT EXISTS would check that privilege anyway.
+    cur.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s", [schema])
+    if not cur.fetchone()[0]:
+        cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     cur.execute(
         sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} (store_id text NOT NULL, applied_seq bigint NOT NULL, "

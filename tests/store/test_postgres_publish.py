@@ -434,3 +434,25 @@ def test_the_state_table_is_in_the_schema(harness: Harness, target: Target) -> N
     state = read_state(target)
     assert state is not None and state["store_id"]
     assert STATE_TABLE.startswith("_")
+
+
+def test_a_schema_made_by_an_admin_needs_no_create_privilege_on_the_database(
+    harness: Harness, postgres: ThrowawayPostgres, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    role, schema, password = f"pub_{uuid.uuid4().hex[:8]}", f"t_{uuid.uuid4().hex[:10]}", "pw-1"
+    with psycopg2.connect(postgres.url()) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        cur.execute(f"CREATE SCHEMA {schema} AUTHORIZATION {role}")
+    conn.close()
+    url = f"postgresql://{role}:{password}@127.0.0.1:{postgres.port}/dagster"
+    monkeypatch.setenv("DYNSYNC_POSTGRES_URL", url)
+    monkeypatch.setenv("DYNSYNC_POSTGRES_SCHEMA", schema)
+    harness.cycle()
+    assert_same(harness.db, Target(url, schema), "in the admin's schema")
+    # A schema it may not create: the failure names the privilege to grant.
+    monkeypatch.setenv("DYNSYNC_POSTGRES_SCHEMA", f"{schema}_new")
+    with caplog.at_level("WARNING", logger="dynsync.publish"):
+        harness.cycle()
+    (message,) = [r.getMessage() for r in caplog.records if "PostgreSQL" in r.getMessage()]
+    assert "permission denied" in message and "grant the user" in message
+    assert password not in message
