@@ -194,7 +194,9 @@ SELECT g.entity, g.record_id, g.field, g.value,
                 || coalesce((SELECT any_value(f.duckdb_type) FROM sync_fields f
                              WHERE f.entity = g.entity AND list_contains(f.columns, g.field)),
                             'of its field')
-                || '; the record keeps its last synced values') AS reason,
+                || CASE WHEN s.last_synced_at IS NULL
+                        THEN '; the record is not stored until Dynamics holds a value that fits'
+                        ELSE '; the record keeps its last synced values' END) AS reason,
        g.first_seen, g.last_seen, g.cycles,
        coalesce(s.last_synced_at < g.last_seen, true) AS set_aside
 FROM grouped g LEFT JOIN synced s ON s.entity = g.entity AND s.record_id = lower(g.record_id)

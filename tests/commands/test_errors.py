@@ -55,7 +55,10 @@ def test_errors_list_a_record_set_aside_and_export_it(
     row = next(line for line in out.splitlines() if bad in line)
     assert row.split()[:3] == ["account", bad, "new_score"]
     assert row.split()[-3:] == ["1", "set", "aside"]
-    assert "reason: the value does not fit the column type DECIMAL(38,2)" in out
+    assert (
+        "reason: the value does not fit the column type DECIMAL(38,2); the record keeps its "
+        "last synced values"
+    ) in out
     assert "1 record(s) set aside now, 1 row(s) in all" in out
 
     assert main(["errors", "--csv"]) == 0
