@@ -139,6 +139,7 @@ class PostgresPublished:
     deleted: dict[str, int] = field(default_factory=dict)  # rows deleted per table
     deferred: list[str] = field(default_factory=list)  # column changes waiting for readers
     seconds: float = 0.0
+    duckdb_s: float = 0.0  # of which DuckDB writing the rows to ship (the rest is PostgreSQL)
 
 
 # -- the publish ------------------------------------------------------------------------------
@@ -443,7 +444,9 @@ class _Ship:
         os.close(fd)
         try:
             escaped = path.replace("'", "''")
+            t0 = time.perf_counter()
             self.con.execute(f"COPY ({query}) TO '{escaped}' (FORMAT csv, HEADER false)")
+            self.done.duckdb_s = round(self.done.duckdb_s + time.perf_counter() - t0, 4)
             yield path
         finally:
             with contextlib.suppress(FileNotFoundError):
