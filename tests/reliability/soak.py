@@ -1,7 +1,10 @@
 """The model-based soak: seeded random cycles, Dynamics changes, local edits and faults.
 
 After every cycle the DuckDB store must equal what the reference model (model.py) predicts:
-accounts, contacts with their account values, and the activity log row for row.
+accounts, contacts with their account values, the sync filter's stale flags and kept-out
+records, and the activity log row for row. The org has Marketo's sync filter column; records
+flip it Yes, No and empty, and segments of the run block one account field for Dynamics
+updates and another for local edits.
 
     uv run python -m tests.reliability.soak --cycles 200 --seed 1
     uv run python -m tests.reliability.soak --cycles 200 --seed 1 --write-results
@@ -29,7 +32,7 @@ from typing import Any
 
 from dynsync_dagster.dynamics.errors import DynamicsError
 from dynsync_dagster.settings import ConnectionSettings, SyncSettings
-from dynsync_dagster.simulator import DatasetSpec, Simulator
+from dynsync_dagster.simulator import DatasetSpec, Org, Simulator
 from dynsync_dagster.simulator import org as org_module
 from dynsync_dagster.simulator.schema import INDUSTRY_OPTIONS
 from dynsync_dagster.store.connection import open_store
@@ -37,7 +40,14 @@ from dynsync_dagster.sync.cycle import CycleOptions, run_cycle
 from dynsync_dagster.sync.local_edit import LocalEditError, set_account_field
 from tests.support import Sleeps, fast_client
 
-from .model import ACCOUNT_KINDS, CONTACT_KINDS, LocalEditRefused, Model, Snapshot
+from .model import (
+    ACCOUNT_KINDS,
+    CONTACT_KINDS,
+    SYNC_FILTER_FIELD,
+    LocalEditRefused,
+    Model,
+    Snapshot,
+)
 
 RESULTS = Path(__file__).with_name("SOAK_RESULTS.md")
 CONTACT_LIMIT = 6
@@ -59,6 +69,7 @@ NAMES = (
 )
 EVERYTHING = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
 CITIES = ("Amsterdam", "München", "Gent", "Zürich", "Kraków", None)
+LOCAL_UPDATE, DYNAMICS_SYNC = "local_update", "dynamics_sync"
 
 
 class SoakMismatch(AssertionError):
@@ -72,11 +83,16 @@ class Selection:
     account: set[str] = field(default_factory=lambda: set(OPTIONAL_ACCOUNT))
     contact: set[str] = field(default_factory=lambda: set(OPTIONAL_CONTACT))
     creditlimit_readable: bool = True
+    # block_field_updates: only fields always selected are blocked (the settings refuse a
+    # block on a field that is not selected)
+    blocks: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def settings(self) -> SyncSettings:
         account = [*FIXED_ACCOUNT, *sorted(self.account), "creditlimit"]
         contact = [*FIXED_CONTACT, *sorted(self.contact)]
-        return SyncSettings(tuple(account), tuple(contact), CONTACT_LIMIT)
+        return SyncSettings(
+            tuple(account), tuple(contact), CONTACT_LIMIT, block_field_updates=dict(self.blocks)
+        )
 
     def synced_account(self) -> tuple[str, ...]:
         fields = [*FIXED_ACCOUNT, *sorted(self.account)]
@@ -101,6 +117,12 @@ class SoakReport:
     backfills: int = 0
     activity_rows: Counter = field(default_factory=Counter)
     suppressed_rows: int = 0
+    block_segments: Counter = field(default_factory=Counter)  # the blocks each segment set
+    # the most records stale, and kept out, after any one cycle; pinned values (rule 9)
+    peak_stale: Counter = field(default_factory=Counter)
+    peak_kept_out: int = 0
+    pinned: int = 0
+    thawed: Counter = field(default_factory=Counter)  # stale records that turned Yes again
     seconds: float = 0.0
 
 
@@ -144,13 +166,17 @@ def dynamics_change(sim: Simulator, rng: random.Random) -> str:
     accounts, contacts = org.account_ids(), org.contact_ids()
     kind = rng.choices(
         ("update_account", "touch_account", "create_account", "create_contact",
-         "update_contact", "reparent_contact", "delete_contact", "delete_account", "merge"),
-        weights=(8, 1, 1, 2, 2, 3, 1, 0.5, 0.5),
+         "update_contact", "reparent_contact", "delete_contact", "delete_account", "merge",
+         "filter_account", "filter_contact"),
+        weights=(8, 1, 1, 2, 2, 3, 1, 0.5, 0.5, 1.5, 1.5),
     )[0]  # fmt: skip
     if len(accounts) < 6 and kind in ("delete_account", "merge"):
         kind = "create_account"
-    if not contacts and kind in ("update_contact", "reparent_contact", "delete_contact"):
+    contact_kinds = ("update_contact", "reparent_contact", "delete_contact", "filter_contact")
+    if not contacts and kind in contact_kinds:
         kind = "create_contact"
+    if kind in ("filter_account", "filter_contact"):
+        return _filter_change(org, rng, kind)
     if kind == "update_account":
         aid = rng.choice(accounts)
         names = rng.sample(sorted(ACCOUNT_KINDS), rng.randint(1, 3))
@@ -160,10 +186,10 @@ def dynamics_change(sim: Simulator, rng: random.Random) -> str:
         org.touch_account(rng.choice(accounts))
     elif kind == "create_account":
         values = {n: _account_value(n, rng, accounts) for n in ("name", "industrycode", "revenue")}
-        org.create_account(**values)
+        org.create_account(**values, **_new_flag(rng))
     elif kind == "create_contact":
         parent, parent_type = _parent(rng, accounts, contacts)
-        org.create_contact(parent, parent_type, **_contact_values(rng))
+        org.create_contact(parent, parent_type, **_contact_values(rng), **_new_flag(rng))
     elif kind == "update_contact":
         values = _contact_values(rng)
         names = rng.sample(sorted(values), rng.randint(1, 2))
@@ -180,6 +206,45 @@ def dynamics_change(sim: Simulator, rng: random.Random) -> str:
         target, subordinate = rng.sample(accounts, 2)
         org.merge_accounts(target, subordinate)
     return kind
+
+
+def _new_flag(rng: random.Random) -> dict[str, bool | None]:
+    """The sync filter's value of a new record: now and then No (kept out), or Yes."""
+    return {SYNC_FILTER_FIELD: rng.choices((None, False, True), weights=(6, 3, 1))[0]}
+
+
+def _filter_change(org: Org, rng: random.Random, kind: str) -> str:
+    """Flip a record's sync filter, or change a record that says No (it must stay as it was).
+    Accounts with contacts are picked first: their contacts' values freeze and thaw."""
+    entity = "account" if kind == "filter_account" else "contact"
+    ids = org.account_ids() if entity == "account" else org.contact_ids()
+    if entity == "account" and rng.random() < 0.7:
+        ids = [a for a in ids if org.contacts_of(a)] or ids
+    rid = rng.choice(ids)
+    row = org.get_account(rid) if entity == "account" else org.get_contact(rid)
+    says_no = row.get(SYNC_FILTER_FIELD) is False
+    if says_no and rng.random() < 0.4:  # stays No, with a change the store must not take
+        if entity == "account":
+            name = rng.choice(sorted(ACCOUNT_KINDS))
+            others = [a for a in org.account_ids() if a != rid]
+            org.update_account(rid, **{name: _account_value(name, rng, others)})
+        elif rng.random() < 0.5:
+            parent, parent_type = _parent(rng, org.account_ids(), [])
+            org.reparent_contact(rid, parent, parent_type)
+        else:
+            org.update_contact(rid, lastname=f"Changed while No {rng.randrange(1000)}")
+        return f"{kind}_while_no"
+    flag = rng.choice((True, None)) if says_no else rng.choice((False, False, True, None))
+    changes: dict[str, Any] = {SYNC_FILTER_FIELD: flag}
+    if rng.random() < 0.5:  # the flip and a change in one update
+        if entity == "account":
+            name = rng.choice(FIXED_ACCOUNT)
+            changes[name] = _account_value(name, rng, [a for a in org.account_ids() if a != rid])
+        else:
+            changes["firstname"] = rng.choice(("Flip", "Flop", None))
+    update = org.update_account if entity == "account" else org.update_contact
+    update(rid, **changes)
+    return f"{kind}_{'no' if flag is False else 'yes' if flag else 'empty'}"
 
 
 def _parent(
@@ -250,6 +315,7 @@ def compare(db: Path, model: Model) -> list[str]:
         problems += _compare_accounts(con, model, acc_cols)
         problems += _compare_contacts(con, model, acc_cols, own_cols)
         problems += _compare_activity(con, model)
+        problems += _compare_kept_out(con, model)
     return problems
 
 
@@ -270,11 +336,12 @@ def _compare_accounts(con, model: Model, acc_cols: list[str]) -> list[str]:
     got = {
         r[0]: (True,) if r[1] else (False, *r[2:])
         for r in con.execute(
-            "SELECT CAST(accountid AS VARCHAR), is_deleted, CAST(versionnumber AS VARCHAR)"
-            f"{select} FROM accounts"
+            "SELECT CAST(accountid AS VARCHAR), is_deleted, sync_filtered, "
+            f"CAST(versionnumber AS VARCHAR){select} FROM accounts"
         ).fetchall()
     }
-    return _rows("accounts", got, model.expected_accounts(), ["versionnumber", *acc_cols])
+    names = ["sync_filtered", "versionnumber", *acc_cols]
+    return _rows("accounts", got, model.expected_accounts(), names)
 
 
 def _compare_contacts(con, model: Model, acc_cols: list[str], own_cols: list[str]) -> list[str]:
@@ -283,11 +350,11 @@ def _compare_contacts(con, model: Model, acc_cols: list[str], own_cols: list[str
     got = {
         r[0]: (True, r[2]) if r[1] else (False, *r[2:])
         for r in con.execute(
-            "SELECT CAST(contactid AS VARCHAR), is_deleted, CAST(accountid AS VARCHAR)"
-            f"{select} FROM contacts"
+            "SELECT CAST(contactid AS VARCHAR), is_deleted, CAST(accountid AS VARCHAR), "
+            f"sync_filtered{select} FROM contacts"
         ).fetchall()
     }
-    names = ["accountid", *own_cols, *(f"account_{c}" for c in acc_cols)]
+    names = ["accountid", "sync_filtered", *own_cols, *(f"account_{c}" for c in acc_cols)]
     return _rows("contacts", got, model.expected_contacts(), names)
 
 
@@ -312,6 +379,15 @@ def _compare_activity(con, model: Model) -> list[str]:
     for row, n in (expected - logged).items():
         problems.append(f"activity_log: missing {n}x {row}")
     return problems
+
+
+def _compare_kept_out(con, model: Model) -> list[str]:
+    """filtered_records: the records Dynamics says No to that never synced."""
+    got = set(
+        con.execute("SELECT entity, CAST(record_id AS VARCHAR) FROM filtered_records").fetchall()
+    )
+    out = [f"filtered_records: unexpected {r}" for r in sorted(got - model.filtered)]
+    return out + [f"filtered_records: missing {r}" for r in sorted(model.filtered - got)]
 
 
 def _columns(table: str, have: set[str], want: list[str], possible: list[str]) -> list[str]:
@@ -357,17 +433,37 @@ def _wait_for_next_second_after(modifiedon: datetime | None) -> None:
         time.sleep(0.05)
 
 
+def _edit_pools(model: Model, kept_out_too: bool) -> tuple[list[str], list[str]]:
+    """Contacts an edit can reach, and every contact. Without `kept_out_too`, contacts whose
+    account the sync filter kept out are left out of both: the product accepts an edit there
+    that the model refuses (see README.md, "Known product bugs")."""
+    every = sorted(
+        c
+        for c, s in model.contacts.items()
+        if kept_out_too or s.accountid is None or s.accountid in model.accounts
+    )
+    live = [c for c in every if model.contacts[c].accountid and not model.contacts[c].deleted]
+    return live, every
+
+
 def local_edits(
-    sim: Simulator, db: Path, model: Model, rng: random.Random, report: SoakReport
+    sim: Simulator,
+    db: Path,
+    model: Model,
+    rng: random.Random,
+    report: SoakReport,
+    settings: SyncSettings,
+    kept_out_too: bool = False,
 ) -> list[str]:
     """0-2 random local edits, each checked against what the model expects."""
     problems: list[str] = []
-    if not model.contacts:
+    live, every = _edit_pools(model, kept_out_too)
+    if not every:
         return problems
-    live = sorted(c for c, s in model.contacts.items() if s.accountid and not s.deleted)
+    model.blocks = settings.block_field_updates
     for _ in range(rng.choice((0, 0, 1, 1, 2))):
         # Mostly contacts the edit can reach; now and then one it must refuse.
-        pool = live if live and rng.random() < 0.85 else sorted(model.contacts)
+        pool = live if live and rng.random() < 0.85 else every
         contact = rng.choice(pool)
         name = rng.choice(FIXED_ACCOUNT)
         value: str | None = {
@@ -390,7 +486,7 @@ def local_edits(
         except LocalEditRefused as exc:
             expected = exc
         try:
-            set_account_field(db, contact, name, value)
+            set_account_field(db, contact, name, value, sync=settings)
             refused = None
         except LocalEditError as exc:
             refused = exc
@@ -401,7 +497,33 @@ def local_edits(
                 f"{'refusal: ' + str(refused) if refused else 'success'}"
             )
         report.edits["refused" if refused else "made"] += 1
+        if refused and settings.blocked(name, LOCAL_UPDATE):
+            report.edits["refused, blocked"] += 1
     return problems
+
+
+def change_blocks(selection: Selection, rng: random.Random, report: SoakReport) -> bool:
+    """Now and then a new segment of the run: no block, one field blocked for Dynamics updates
+    and another for local edits, or one field blocked both ways. True if it changed."""
+    if report.block_segments and rng.random() >= 0.06:
+        return False
+    roll = rng.random()
+    if roll < 0.3:
+        selection.blocks = {}
+    elif roll < 0.85:
+        synced, local = rng.sample(FIXED_ACCOUNT, 2)
+        selection.blocks = {synced: frozenset({DYNAMICS_SYNC}), local: frozenset({LOCAL_UPDATE})}
+    else:
+        both = rng.choice(FIXED_ACCOUNT)
+        selection.blocks = {both: frozenset({DYNAMICS_SYNC, LOCAL_UPDATE})}
+    report.block_segments[_describe_blocks(selection.blocks)] += 1
+    return True
+
+
+def _describe_blocks(blocks: dict[str, frozenset[str]]) -> str:
+    if not blocks:
+        return "none"
+    return " + ".join(f"{f}: {'/'.join(sorted(k))}" for f, k in sorted(blocks.items()))
 
 
 def change_selection(
@@ -423,16 +545,21 @@ def change_selection(
 
 
 def run_soak(
-    cycles: int, seed: int, workdir: Path, log: Callable[[str], None] = lambda _: None
+    cycles: int,
+    seed: int,
+    workdir: Path,
+    log: Callable[[str], None] = lambda _: None,
+    kept_out_too: bool = False,
 ) -> SoakReport:
-    """Run the soak; raises SoakMismatch at the first cycle where store and model disagree."""
+    """Run the soak; raises SoakMismatch at the first cycle where store and model disagree.
+    `kept_out_too`: local edits also through contacts of accounts the sync filter kept out."""
     # The simulator names new records with uuid4; seeded ids make a run repeatable (the random
     # choices below pick among ids in sorted order). Only the org's own uuid is swapped: other
     # threads (the server, its prefetcher) draw ids in no fixed order.
     real = org_module.uuid
     org_module.uuid = _SeededUuid(random.Random(seed + 1))  # type: ignore[assignment]
     try:
-        return _soak(cycles, seed, workdir, log)
+        return _soak(cycles, seed, workdir, log, kept_out_too)
     finally:
         org_module.uuid = real
 
@@ -458,6 +585,7 @@ def _soak_org(seed: int) -> DatasetSpec:
         orphan_contacts=3,
         contact_parented_contacts=2,
         seed=seed,
+        sync_filter_no_share=0.05,  # Marketo's sync filter column: 5% No, 5% Yes, the rest empty
     )
 
 
@@ -476,11 +604,19 @@ class _Soak:
     selection: Selection = field(default_factory=Selection)
     history: list[str] = field(default_factory=list)
     last_fields: str = ""
+    kept_out_too: bool = False  # edit contacts of kept-out accounts too (a known product bug)
 
     def prepare(self, n: int) -> tuple[list[str], list[str], str, bool, bool]:
-        """Local edits, Dynamics changes, a selection change and a fault before cycle n."""
+        """A block segment, local edits, Dynamics changes, a selection change and a fault
+        before cycle n."""
         sim, rng, report = self.sim, self.rng, self.report
-        problems = local_edits(sim, self.db, self.model, rng, report) if n > 1 else []
+        change_blocks(self.selection, rng, report)
+        problems = []
+        if n > 1:
+            settings = self.selection.settings()
+            problems = local_edits(
+                sim, self.db, self.model, rng, report, settings, self.kept_out_too
+            )
         step: list[str] = []
         for _ in range(rng.randint(0, 4) if n > 1 else 0):
             kind = dynamics_change(sim, rng)
@@ -513,6 +649,7 @@ class _Soak:
         problems, step, fault, must_succeed, backfill = self.prepare(n)
         error = self.run(backfill, problems)
         fields = "/".join(self.selection.synced_account() + self.selection.synced_contact())
+        fields += f", blocks {_describe_blocks(self.selection.blocks)}"
         line = (
             f"cycle {n}{' (backfill)' if backfill else ''}: fault {fault}, changes {step}"
             f"{', fields ' + fields if fields != self.last_fields else ''}"
@@ -531,15 +668,25 @@ class _Soak:
                 f"({len(problems)} problems):\n  {shown}\nlast cycles:\n  {recent}"
             )
 
+    def _note_filter(self) -> None:
+        """The most records stale (sync_filtered) and kept out after a cycle, for the report."""
+        model, peak = self.model, self.report.peak_stale
+        for entity, records in (("accounts", model.accounts), ("contacts", model.contacts)):
+            stale = sum(1 for r in records.values() if r.stale)
+            peak[entity] = max(peak[entity], stale)
+        self.report.peak_kept_out = max(self.report.peak_kept_out, len(model.filtered))
+
     def judge(self, n: int, error: BaseException | None, must_succeed: bool) -> list[str]:
         """Advance the model on success; a failure must be one its fault explains."""
         if error is None:
             self.report.succeeded += 1
+            self.model.blocks = self.selection.settings().block_field_updates
             self.model.cycle(
                 Snapshot.of(self.sim.org),
                 self.selection.synced_account(),
                 self.selection.synced_contact(),
             )
+            self._note_filter()
             if not must_succeed:
                 return [f"cycle {n} succeeded through a fault it cannot get past"]
             return []
@@ -549,16 +696,21 @@ class _Soak:
         return []
 
 
-def _soak(cycles: int, seed: int, workdir: Path, log: Callable[[str], None]) -> SoakReport:
+def _soak(
+    cycles: int, seed: int, workdir: Path, log: Callable[[str], None], kept_out_too: bool
+) -> SoakReport:
     report = SoakReport(seed=seed, cycles=cycles)
     started = time.monotonic()
     db = workdir / "store" / "dynsync.duckdb"
     with Simulator(_soak_org(seed), state_dir=workdir / "sim", max_page_size=10) as sim:
-        soak = _Soak(sim, ConnectionSettings.from_env(sim.env()), db, random.Random(seed), report)
+        conn = ConnectionSettings.from_env(sim.env())
+        soak = _Soak(sim, conn, db, random.Random(seed), report, kept_out_too=kept_out_too)
         for n in range(1, cycles + 1):
             soak.cycle(n, log)
     report.activity_rows = Counter(row[5] for row in soak.model.activity)
     report.suppressed_rows = soak.model.suppressed
+    report.pinned = soak.model.pins
+    report.thawed = soak.model.thawed
     report.seconds = time.monotonic() - started
     return report
 
@@ -567,6 +719,8 @@ def results_markdown(report: SoakReport, command: str) -> str:
     faults = ", ".join(f"{k} {v}" for k, v in sorted(report.faults.items()))
     changes = ", ".join(f"{k} {v}" for k, v in sorted(report.changes.items()))
     rows = ", ".join(f"{k} {v}" for k, v in sorted(report.activity_rows.items()))
+    blocks = ", ".join(f"{k} {v}" for k, v in sorted(report.block_segments.items()))
+    peak = report.peak_stale
     return f"""# Model-based soak: last result
 
 `{command}` (the reference model is `tests/reliability/model.py`; the runner `soak.py`).
@@ -578,12 +732,14 @@ def results_markdown(report: SoakReport, command: str) -> str:
 | cycles | {report.cycles}: {report.succeeded} succeeded, {report.failed_as_expected} failed as their fault requires (store unchanged) |
 | faults | {faults} |
 | Dynamics changes | {changes} |
-| local edits | {report.edits["made"]} made, {report.edits["refused"]} refused as the model predicted |
+| local edits | {report.edits["made"]} made, {report.edits["refused"]} refused as the model predicted ({report.edits["refused, blocked"]} of them by a local_update block) |
+| sync filter (`new_synctomkto`, 5% No and 5% Yes at the start) | at most {peak["accounts"]} accounts and {peak["contacts"]} contacts stale (`sync_filtered`) and {report.peak_kept_out} records kept out (`filtered_records`) after a cycle; {report.thawed["accounts"]} stale accounts and {report.thawed["contacts"]} stale contacts brought up to date |
+| Block Field Updates segments | {blocks}; {report.pinned} values kept on contacts by a dynamics_sync block |
 | field selection / security changes | {report.selection_changes} |
 | backfill cycles (a catch-up, then a date range re-read) | {report.backfills} |
 | activity rows compared | {rows} |
 | rows kept out of the log by the contact limit ({CONTACT_LIMIT}) | {report.suppressed_rows} |
-| compared after every cycle | accounts (key, deleted flag, versionnumber, synced fields), contacts (key, deleted flag, account, own fields, every `account_<field>`), which field columns exist, the activity log row for row on (contactid, accountid, attribute, old_value, new_value, source), and the rows recorded as suppressed |
+| compared after every cycle | accounts (key, deleted flag, `sync_filtered`, versionnumber, synced fields), contacts (key, deleted flag, account, `sync_filtered`, own fields, every `account_<field>`), which field columns exist, `filtered_records`, the activity log row for row on (contactid, accountid, attribute, old_value, new_value, source), and the rows recorded as suppressed |
 | duration | {report.seconds:.0f} s |
 | when | {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()} |
 """
@@ -595,6 +751,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quiet", action="store_true", help="no line per cycle")
     parser.add_argument(
+        "--edit-kept-out",
+        action="store_true",
+        help="also edit through contacts of accounts the sync filter kept out (a known bug)",
+    )
+    parser.add_argument(
         "--write-results", action="store_true", help=f"rewrite {RESULTS.name} with the outcome"
     )
     args = parser.parse_args(argv)
@@ -604,7 +765,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dynsync-soak-") as tmp:
         try:
             report = run_soak(
-                args.cycles, args.seed, Path(tmp), log=(lambda _: None) if args.quiet else print
+                args.cycles,
+                args.seed,
+                Path(tmp),
+                log=(lambda _: None) if args.quiet else print,
+                kept_out_too=args.edit_kept_out,
             )
         except SoakMismatch as exc:
             print(f"FAIL: {exc}", file=sys.stderr)

@@ -18,6 +18,10 @@ def test_thirty_random_cycles_match_the_reference_model(tmp_path: Path, seed: in
     assert report.succeeded + report.failed_as_expected == 30
     assert report.failed_as_expected > 0, "the seed should include faults no retry gets past"
     assert report.activity_rows[SYNC] > 0
+    # The seed reaches the sync filter and Block Field Updates, not only the older rules.
+    assert report.peak_stale["accounts"] > 0 and report.peak_kept_out > 0
+    assert report.edits["refused, blocked"] > 0, "a local_update block should refuse an edit"
+    assert report.pinned > 0, "a dynamics_sync block should keep a value on contacts"
 
 
 def test_the_model_applies_the_contact_limit_at_its_boundary(tmp_path: Path) -> None:
@@ -37,3 +41,36 @@ def test_the_model_applies_the_contact_limit_at_its_boundary(tmp_path: Path) -> 
         model.cycle(Snapshot.of(org), fields, ())
     assert {row[1] for row in model.activity} == {five}  # 5 logs, 6 (over the limit) does not
     assert len(model.activity) == 5 and model.suppressed == 6
+
+
+def test_the_model_freezes_a_stale_account_and_keeps_a_blocked_value(tmp_path: Path) -> None:
+    """A self-check of the model, without any store: Yes -> No -> Yes on an account with
+    contacts (frozen, then logged), and a dynamics_sync block keeping the contacts' value."""
+    from dynsync_dagster.simulator import DatasetSpec, Simulator
+
+    spec = DatasetSpec(
+        accounts=3, contacts=11, sized_accounts=(6, 5), seed=3, sync_filter_no_share=0
+    )
+    with Simulator(spec, state_dir=tmp_path / "sim") as sim:
+        org = sim.org
+        model = Model(labels=dict(INDUSTRY_OPTIONS), contact_limit=6)
+        fields = ("name", "numberofemployees")
+        model.cycle(Snapshot.of(org), fields, ())
+        five = next(a for a in org.account_ids() if len(org.contacts_of(a)) == 5)
+        before = model.accounts[five].values["name"]
+        org.update_account(five, new_synctomkto=False, name="While No")
+        model.cycle(Snapshot.of(org), fields, ())
+        assert model.accounts[five].stale and model.accounts[five].values["name"] == before
+        assert model.activity == []
+        org.update_account(five, new_synctomkto=True)
+        model.cycle(Snapshot.of(org), fields, ())
+        assert not model.accounts[five].stale
+        assert {(r[2], r[3], r[4]) for r in model.activity} == {("name", before, "While No")}
+        assert len(model.activity) == 5
+
+        model.blocks = {"name": frozenset({"dynamics_sync"})}
+        org.update_account(five, name="Blocked", numberofemployees=7)
+        model.cycle(Snapshot.of(org), fields, ())
+        carried = {model.contacts[c].account_values["name"] for c in org.contacts_of(five)}
+        assert carried == {"While No"} and model.accounts[five].values["name"] == "Blocked"
+        assert {r[2] for r in model.activity[5:]} == {"numberofemployees"}
