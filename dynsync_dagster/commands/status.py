@@ -9,7 +9,7 @@ from dynsync_dagster.store.sync_status import collect_status
 
 def status_report() -> str:
     """The status lines, headed by the store they describe."""
-    from dynsync_dagster.defs.admin import schedule_state_at  # loads Dagster: only when asked
+    from dynsync_dagster.defs.schedule_state import schedule_state_at  # Dagster: when asked
 
     db = duckdb_path()
     status = collect_status(db, ConnectionSettings.from_env, schedule_state_at(dagster_home()))

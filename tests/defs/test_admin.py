@@ -9,8 +9,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from dynsync_dagster.defs.admin import daily_activity_purge, schedule_state
+from dynsync_dagster.defs.admin import daily_activity_purge
 from dynsync_dagster.defs.resources import DynsyncStore
+from dynsync_dagster.defs.schedule_state import SCHEDULE_NAME, schedule_state
+from dynsync_dagster.defs.schedules import every_five_minutes
 from dynsync_dagster.simulator import Simulator
 from dynsync_dagster.store.connection import open_store
 from tests.support import REPO, pick_sized
@@ -61,6 +63,7 @@ def test_sync_status_asset_shows_what_dynsync_status_prints(
 def test_schedule_state_reads_the_instance(sync_env: Path) -> None:
     with dg.instance_for_test() as instance:
         assert "has never ticked" in schedule_state(instance)
+    assert every_five_minutes.name == SCHEDULE_NAME
 
 
 def test_a_record_set_aside_warns_in_the_sync_job(
