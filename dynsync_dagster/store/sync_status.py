@@ -247,8 +247,8 @@ def records_set_aside(con: duckdb.DuckDBPyConnection) -> Finding:
         n == 0,
         "no record is set aside"
         if n == 0
-        else f"{n} record(s) set aside: a value does not fit its column; they keep their last "
-        "synced values (`dynsync errors` lists them)",
+        else f"{n} record(s) set aside: a value does not fit its column (`dynsync errors` "
+        "lists them and why)",
         {
             "records_set_aside": n,
             "error_rows": len(errors.rows),
@@ -303,7 +303,7 @@ class SyncStatus:
         since = min(p.since for p in self.pending.values())
         oldest = [p.oldest_modifiedon for p in self.pending.values() if p.oldest_modifiedon]
         tail = f"; oldest pending modifiedon {_time(min(oldest))}" if oldest else ""
-        return f"{counts} changed since {_time(since)}{tail}"
+        return f"{counts} modified after the newest change stored ({_time(since)}){tail}"
 
     def _tokens_text(self) -> str:
         parts = []

@@ -58,7 +58,9 @@ def test_a_backlog_in_dynamics_is_counted_with_its_oldest_change(
         r"\(\d+ s ago\), success, accounts full, contacts full \(run ",
         shown["last committed cycle"],
     )
-    assert shown["waiting in Dynamics"].startswith("accounts 0, contacts 0 changed since")
+    assert shown["waiting in Dynamics"].startswith(
+        "accounts 0, contacts 0 modified after the newest change stored ("
+    )
     assert shown["synced in the last hour"].startswith(
         f"{len(org.account_ids()) + len(org.contact_ids())} record(s)"
     )
@@ -75,7 +77,7 @@ def test_a_backlog_in_dynamics_is_counted_with_its_oldest_change(
         org.update_contact(contact, jobtitle="Waiting")
     requests_before = len(harness.sim.requests)
     waiting = _status(capsys)["waiting in Dynamics"]
-    assert waiting.startswith("accounts 3, contacts 4 changed since")
+    assert waiting.startswith("accounts 3, contacts 4 modified after the newest change stored (")
     assert waiting.endswith(f"oldest pending modifiedon {first:%Y-%m-%d %H:%M:%S} UTC")
     # Cheap: one capped request per entity (plus the sign-in).
     asked = [r.path for r in list(harness.sim.requests)[requests_before:] if "/api/" in r.path]
@@ -97,7 +99,9 @@ def test_more_than_5000_pending_reads_5000_plus(
     for i in range(5001):
         org.create_contact(parent, lastname=f"Backlog {i}")
     waiting = _status(capsys)["waiting in Dynamics"]
-    assert waiting.startswith("accounts 0, contacts 5,000+ changed since")
+    assert waiting.startswith(
+        "accounts 0, contacts 5,000+ modified after the newest change stored ("
+    )
 
 
 def test_after_a_failed_cycle_status_shows_the_failure_and_the_last_good_one(
