@@ -18,6 +18,7 @@ from dynsync_dagster.dynamics.errors import DynamicsError
 from dynsync_dagster.simulator import DatasetSpec, Simulator
 from dynsync_dagster.store.connection import open_store
 from dynsync_dagster.sync.parallel_read import ParallelRead, from_env, key_ranges
+from tests import support
 from tests.support import canonical, connection, cycle, fast_client
 
 SPEC = DatasetSpec(accounts=40, contacts=1500, sized_accounts=(12, 8), orphan_contacts=4, seed=23)
@@ -280,3 +281,42 @@ def test_the_key_read_for_the_delta_link_may_end_after_the_copy(
     control = tmp_path / "control.duckdb"
     cycle(real, control, parallel=None)
     assert live_contacts(store) == live_contacts(control)
+
+
+def test_a_killed_parallel_copy_resumes_each_range_where_it_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL in the middle of the contact ranges: the next cycle goes on from the saved
+    page links, and the store ends up as a sequential copy's."""
+    with Simulator(
+        SPEC, state_dir=tmp_path / "sim", realistic_limits=True, clock_speed=50, max_page_size=10
+    ) as sim:
+        _kill_and_resume(sim, tmp_path, monkeypatch)
+
+
+def _kill_and_resume(real: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clean_env = support.clean_env
+
+    def parallel_env(tmp: Path) -> dict[str, str]:
+        return {**clean_env(tmp), "DYNSYNC_PARALLEL_READ": "1"}
+
+    monkeypatch.setattr(support, "clean_env", parallel_env)
+    store, settings = tmp_path / "store" / "dynsync.duckdb", support.sync_settings()
+    with support.Zygote(tmp_path) as zygote:
+        job = support.crash_job(real, store, settings, page_pause_s=0.01)
+        # 16 ranges of ~9 pages each: killed as the 40th contact page is staged.
+        outcome = zygote.run(job, "FETCH", nth=40)
+    assert outcome.killed
+    before = len(real.requests)
+    resumed = cycle(real, store, settings, parallel=parallel())
+    assert resumed.modes["contact"] == "full"
+    firsts: dict[str, str] = {}
+    for r in list(real.requests)[before:]:
+        if "contacts?" in r.path and "$filter=contactid" in r.path:
+            where = r.path.split("$filter=")[1].split("&")[0]
+            firsts.setdefault(where, r.path)
+    # Pages are committed with their checkpoints every 10: some range went on from a link.
+    assert any("$skiptoken=" in path for path in firsts.values())
+    control = tmp_path / "control.duckdb"
+    cycle(real, control, settings, parallel=None)
+    assert canonical(store) == canonical(control)
