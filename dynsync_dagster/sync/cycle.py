@@ -667,8 +667,7 @@ def _changed_data(applied: _Applied, schema: SchemaChange) -> bool:
         counts.local_edits_overwritten,
         counts.activities_logged,
         counts.activities_suppressed,
-        counts.accounts_filtered,  # may have made a record stale (sync_filtered)
-        counts.contacts_filtered,
+        counts.filter_changes,  # records gone stale, filtered_records changed
         counts.updates_blocked,
         applied.record_errors,
     )

@@ -170,7 +170,29 @@ def _editable_account(con: duckdb.DuckDBPyConnection, contact_id: str) -> str:
             "created in Dynamics only (dynsync syncs one way, Dynamics -> DuckDB). Create or "
             "assign the account in Dynamics; the next cycle brings it in."
         )
+    _account_is_stored(con, contact_id, account_id)
     return account_id
+
+
+def _account_is_stored(con: duckdb.DuckDBPyConnection, contact_id: str, account_id: str) -> None:
+    """An edit lands on the account's values as the store holds them: there must be some."""
+    if con.execute(
+        "SELECT 1 FROM accounts WHERE accountid = CAST(? AS UUID)", [account_id]
+    ).fetchone():
+        return
+    kept_out = con.execute(
+        "SELECT 1 FROM filtered_records WHERE entity = 'account' AND record_id = CAST(? AS UUID)",
+        [account_id],
+    ).fetchone()
+    if kept_out:
+        raise LocalEditError(
+            f"contact {contact_id}'s account {account_id} is kept out by the sync filter (it "
+            "says No in Dynamics), so the store has no values of it to edit; set the filter "
+            "to Yes or empty in Dynamics and the next cycle brings the account in"
+        )
+    raise LocalEditError(
+        f"contact {contact_id}'s account {account_id} is not in the store; run a cycle first"
+    )
 
 
 def _edit_target(con: duckdb.DuckDBPyConnection, field: str, value: str | None) -> _Target:

@@ -69,6 +69,8 @@ class MergeCounts:
     contacts_filtered: int = 0
     # (account, field) pairs whose Dynamics change stayed off the contacts (dynamics_sync block)
     updates_blocked: int = 0
+    # Rows the sync filter changed: records gone stale, filtered_records added or removed.
+    filter_changes: int = 0
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ def apply_cycle(con: duckdb.DuckDBPyConnection, ctx: MergeContext) -> MergeCount
         for t in ("accounts", "contacts")
     )
     _apply_accounts(con, ctx, counts, had_accounts)
-    counts.accounts_filtered = _filter_out(con, ctx, "account", "accounts", "acc_upd")
+    counts.accounts_filtered = _filter_out(con, ctx, counts, "account", "accounts", "acc_upd")
     if had_contacts:
         _apply_contacts(con, ctx, counts)
         _repropagate(con, ctx, counts)
@@ -151,7 +153,7 @@ def apply_cycle(con: duckdb.DuckDBPyConnection, ctx: MergeContext) -> MergeCount
         # none needs its account values re-propagated.
         _insert_first_contacts(con, ctx, counts)
     counts.contacts_filtered = _filter_out(
-        con, ctx, "contact", "contacts", "con_upd" if had_contacts else None
+        con, ctx, counts, "contact", "contacts", "con_upd" if had_contacts else None
     )
     # What PostgreSQL's copy must ship (store/outbox.py), read while prop_vals still exists.
     record_cycle(con, ctx.run_id, ctx.schema)
@@ -300,6 +302,7 @@ def _apply_accounts(
 def _filter_out(
     con: duckdb.DuckDBPyConnection,
     ctx: MergeContext,
+    counts: MergeCounts,
     entity: str,
     table: str,
     upserts: str | None,
@@ -319,24 +322,29 @@ def _filter_out(
             f"AND NOT EXISTS (SELECT 1 FROM {attached(rows_table(entity))} r "
             f"WHERE NOT r._deleted AND r._key = record_id)"
         )
-    con.execute(
-        f"DELETE FROM filtered_records WHERE entity = $entity AND record_id IN ({gone})",
-        {"entity": entity},
+    counts.filter_changes += _written(
+        con.execute(
+            f"DELETE FROM filtered_records WHERE entity = $entity AND record_id IN ({gone})",
+            {"entity": entity},
+        )
     )
     if entity not in ctx.plan.sync_filter:
         return 0
     said_no = f"(SELECT * FROM {staged} WHERE NOT _deleted AND {SYNC_FLAG} IS false)"
-    con.execute(
-        f"""
+    counts.filter_changes += _written(
+        con.execute(
+            f"""
         UPDATE {table} t SET sync_filtered = true, last_run_id = $run
         FROM {said_no} s
         WHERE t.{key} = s.{key} AND NOT t.sync_filtered AND NOT t.is_deleted
           AND s.versionnumber > t.versionnumber
         """,
-        {"run": ctx.run_id},
+            {"run": ctx.run_id},
+        )
     )
-    con.execute(
-        f"""
+    counts.filter_changes += _written(
+        con.execute(
+            f"""
         MERGE INTO filtered_records f
         USING (SELECT s.{key} AS record_id FROM {said_no} s
                WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE t.{key} = s.{key})) s
@@ -344,7 +352,8 @@ def _filter_out(
         WHEN MATCHED THEN UPDATE SET last_seen_at = $now, run_id = $run
         WHEN NOT MATCHED THEN INSERT VALUES ($entity, s.record_id, $now, $now, $run)
         """,
-        params,
+            params,
+        )
     )
     return _scalar(con, f"SELECT count(*) FROM {said_no}")
 

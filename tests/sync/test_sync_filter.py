@@ -11,6 +11,7 @@ import pytest
 from dynsync_dagster.simulator import DatasetSpec, Simulator
 from dynsync_dagster.store.connection import open_store
 from dynsync_dagster.store.integrity import contacts_reference_accounts, propagation_consistent
+from dynsync_dagster.sync.local_edit import LocalEditError, set_account_field
 from tests.support import cycle, pick_sized, sync_settings
 
 # Every record has the column, empty: the tests set Yes and No themselves.
@@ -146,3 +147,29 @@ def test_an_org_without_the_column_syncs_everything(sim: Simulator, tmp_path: Pa
     assert result.plan.sync_filter == {}
     assert result.counts.accounts_filtered == result.counts.contacts_filtered == 0
     assert _one(db, "SELECT count(*) FROM accounts WHERE sync_filtered") == (0,)
+
+
+def test_a_local_edit_through_a_contact_of_a_kept_out_account_is_refused(
+    org: Simulator, tmp_path: Path
+) -> None:
+    """Its contacts carry NULLs: an edit there would hold a value no joining contact gets."""
+    db = tmp_path / "store.duckdb"
+    kept_out = org.org.create_account(name="Never synced", new_synctomkto=False)
+    member = org.org.create_contact(kept_out, firstname="Member")
+    cycle(org, db, FIELDS)
+    with pytest.raises(LocalEditError, match="kept out by the sync filter"):
+        set_account_field(db, member, "name", "Local name")
+    assert _one(db, "SELECT count(*) FROM local_edits") == (0,)
+
+
+def test_a_cycle_that_only_forgets_a_kept_out_record_is_published(
+    org: Simulator, tmp_path: Path
+) -> None:
+    db = tmp_path / "store.duckdb"
+    kept_out = org.org.create_account(name="Never synced", new_synctomkto=False)
+    cycle(org, db, FIELDS)
+    assert _one(db, "SELECT count(*) FROM filtered_records") == (1,)
+    org.org.delete_account(kept_out)
+    cycle(org, db, FIELDS)
+    # What readers open (the published file) forgets it too, not only the working store.
+    assert _one(db, "SELECT count(*) FROM filtered_records") == (0,)
