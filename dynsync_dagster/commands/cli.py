@@ -104,6 +104,14 @@ def _parser() -> argparse.ArgumentParser:
         default=20,
         help="random Dynamics changes the simulator makes per minute",
     )
+    p.add_argument(
+        "--postgres",
+        action="store_true",
+        help="keep Dagster's runs, events and schedules in a throwaway PostgreSQL server "
+        "(Debian's, `bash scripts/install-postgres.sh`; 127.0.0.1, a generated password) "
+        "with its own DAGSTER_HOME under --dir, as a team's instance is configured; the "
+        "server stops and its data is removed on exit",
+    )
     p.set_defaults(func=cmd_dev)
 
     p = sub.add_parser(

@@ -1,4 +1,8 @@
-"""`dynsync dev`: the simulator and `dagster dev` together, so the UI shows scheduled syncs ticking."""
+"""`dynsync dev`: the simulator and `dagster dev` together, so the UI shows scheduled syncs ticking.
+
+With --postgres, Dagster's storage is a throwaway PostgreSQL server (commands/postgres.py) and
+a DAGSTER_HOME of its own under --dir, configured the way a team's is (commands/instance.py).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from dynsync_dagster.commands.instance import write_home
+from dynsync_dagster.commands.postgres import PostgresError, ThrowawayPostgres
 from dynsync_dagster.commands.runs import REPO_ROOT, CommandError
 from dynsync_dagster.simulator.process import SimulatorProcess, SimulatorStartError
 
@@ -48,11 +54,13 @@ def run_dev(args: argparse.Namespace) -> int:
             str(args.trickle_per_minute),
         ],
     )
+    postgres = _throwaway_postgres(args)
     with _sigterm_as_interrupt():
         dagster: subprocess.Popen | None = None
         try:
             _start_simulator(sim, args)
-            env = dev_environment(sim.env, work / "dynsync.duckdb")
+            base = _start_postgres(postgres, work) if postgres else None
+            env = dev_environment(sim.env, work / "dynsync.duckdb", base)
             url = f"http://{HOST}:{ui_port}"
             dagster = _start_dagster(env, url, ui_port, workspace)
             return _supervise(dagster, sim, url)
@@ -63,6 +71,8 @@ def run_dev(args: argparse.Namespace) -> int:
             _stop(dagster, "dagster dev")
             if not sim.stop(SIMULATOR_STOP_GRACE_S):
                 print("simulator did not stop in time; killed it", file=sys.stderr, flush=True)
+            if postgres is not None:
+                postgres.stop()  # its data goes with it: the next start begins empty
 
 
 # A -W filter (Python matches the start of the message): silence only that one warning.
@@ -114,6 +124,35 @@ def _reset(work: Path) -> None:
     for path in work.glob("dynsync.duckdb*"):  # the file, its WAL and the cycle's stage
         path.unlink()
     shutil.rmtree(work / "simulator", ignore_errors=True)
+
+
+def _throwaway_postgres(args: argparse.Namespace) -> ThrowawayPostgres | None:
+    if not getattr(args, "postgres", False):
+        return None
+    try:
+        return ThrowawayPostgres()
+    except PostgresError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _start_postgres(postgres: ThrowawayPostgres, work: Path) -> dict[str, str]:
+    """Start the server; returns the environment for Dagster: its DAGSTER_PG_* (the password
+    only there, never in a file or on the terminal) and a DAGSTER_HOME configured for it."""
+    print("starting a throwaway PostgreSQL for Dagster's storage …", flush=True)
+    try:
+        postgres.start()
+    except PostgresError as exc:
+        raise CommandError(str(exc)) from None
+    # Its own DAGSTER_HOME: the database is new on every start, and a user's DAGSTER_HOME
+    # (with its dagster.yaml) is left alone.
+    home = work / "dagster_home_postgres"
+    write_home(home, postgres=True)
+    print(
+        f"PostgreSQL on {postgres.env()['DAGSTER_PG_HOST']}:{postgres.port} (database "
+        f"{postgres.env()['DAGSTER_PG_DB']}; removed on exit), DAGSTER_HOME={home}",
+        flush=True,
+    )
+    return {**os.environ, **postgres.env(), "DAGSTER_HOME": str(home)}
 
 
 def _start_simulator(sim: SimulatorProcess, args: argparse.Namespace) -> None:
