@@ -88,10 +88,15 @@ class ThrowawayPostgres:
         return self
 
     def stop(self) -> None:
-        if (self.data / "postmaster.pid").exists():
-            with contextlib.suppress(PostgresError):
-                self._run("pg_ctl", "stop", "--wait", "-m", "fast", "-D", str(self.data))
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Stop the server (fast: open connections are cut) and remove its folder."""
+        try:
+            if (self.data / "postmaster.pid").exists():
+                with contextlib.suppress(PostgresError):
+                    self._run(
+                        "pg_ctl", "stop", "--wait", "--timeout=30", "-m", "fast", "-D", str(self.data)
+                    )  # fmt: skip
+        finally:  # even when a second Ctrl-C cuts the wait short
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self) -> ThrowawayPostgres:
         return self.start()
@@ -120,7 +125,16 @@ class ThrowawayPostgres:
         if self._as_nobody:
             command = ["runuser", "-u", "nobody", "--", *command]
         env = {**os.environ, "PGPASSWORD": self.password, "LC_ALL": "C.UTF-8"}
-        done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=self.folder)
+        # A session of its own, like the server's: a Ctrl-C at the terminal reaches the caller
+        # (which then stops the server) and does not abort initdb or pg_ctl half way.
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=self.folder,
+            start_new_session=True,
+        )
         if done.returncode != 0:
             log = self.folder / "server.log"
             tail = log.read_text()[-2000:] if log.exists() else ""

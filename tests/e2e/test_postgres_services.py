@@ -66,7 +66,7 @@ TICK_TIMEOUT_S = 240  # the next minute boundary, then the daemon's own pace on 
 STOP_TIMEOUT_S = 30
 # One 429 with this Retry-After holds the first cycle long enough that the other worker asks
 # for the pool's slot while it is taken (the test then sees it wait, not just run later).
-THROTTLE_S = 10
+THROTTLE_S = 15
 IN_FLIGHT = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
 PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
