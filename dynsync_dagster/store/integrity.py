@@ -19,12 +19,15 @@ class Finding:
     metadata: dict = field(default_factory=dict)
 
 
-# A contact's account is stored, or was kept out by the sync filter (filtered_records).
+# A contact's account is stored, or was kept out by the sync filter (filtered_records), or
+# was set aside before it was ever stored (a value its column cannot hold: sync_errors).
 _DANGLING = """
     FROM contacts c WHERE NOT c.is_deleted AND c.accountid IS NOT NULL
     AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.accountid = c.accountid)
     AND NOT EXISTS (SELECT 1 FROM filtered_records f
                     WHERE f.entity = 'account' AND f.record_id = c.accountid)
+    AND NOT EXISTS (SELECT 1 FROM sync_errors e
+                    WHERE e.entity = 'account' AND e.record_id = CAST(c.accountid AS VARCHAR))
 """
 
 

@@ -173,3 +173,20 @@ def test_a_cycle_that_only_forgets_a_kept_out_record_is_published(
     cycle(org, db, FIELDS)
     # What readers open (the published file) forgets it too, not only the working store.
     assert _one(db, "SELECT count(*) FROM filtered_records") == (0,)
+
+
+def test_contacts_of_an_account_set_aside_before_it_ever_synced_pass_the_integrity_check(
+    org: Simulator, tmp_path: Path
+) -> None:
+    """An account whose first sighting has a value its column cannot hold is not stored; its
+    contacts keep their accountid, like those of an account the filter kept out."""
+    db = tmp_path / "store.duckdb"
+    org.org.add_attribute("account", "new_score", "DecimalType", precision=2)
+    bad = org.org.create_account(name="Unstorable", new_score=1e40)
+    member = org.org.create_contact(bad, firstname="Member")
+    cycle(org, db, sync_settings(("name", "new_score"), ("firstname",)))
+    assert _one(db, "SELECT count(*) FROM accounts WHERE accountid = ?", [bad]) == (0,)
+    assert _one(db, "SELECT accountid FROM contacts WHERE contactid = ?", [member]) == (UUID(bad),)
+    with open_store(db, read_only=True) as con:
+        finding = contacts_reference_accounts(con)
+    assert finding.passed, finding.description
