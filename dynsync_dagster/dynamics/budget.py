@@ -7,8 +7,10 @@ share of each limit (80% by default) instead of racing to the 429s:
 
 - at most `share * 52` requests in flight, and fewer while the window is full;
 - the concurrency it allows grows by one per answered request while the user's window (the
-  `x-ms-ratelimit-*-remaining` headers Dataverse sends with each answer, section 2) is below
-  the share, and shrinks by one per answer above it; with no headers, only 429s steer it;
+  `x-ms-ratelimit-*-remaining` headers Dataverse sends with most answers, section 2) is
+  below the share, and shrinks by one per answer above it. Microsoft calls those headers a
+  debugging aid, so without them only 429s steer it; over the share, requests go one at a
+  time (a sequential reader's pace) until an answer shows room again;
 - a 429 pauses every request of the read until its `Retry-After` has passed (the doc's
   "pause all requests for that user") and halves the concurrency.
 

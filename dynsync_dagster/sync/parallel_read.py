@@ -88,7 +88,7 @@ ENV_SHARE = "DYNSYNC_BUDGET_SHARE"  # the share of the user's budget, 0.8 by def
 class ParallelRead:
     """How a full read runs in parallel: key ranges per entity, and the budget's share."""
 
-    ranges: int = 16
+    ranges: int = 16  # one when the table's keys fit one page
     budget: BudgetShare = field(default_factory=BudgetShare)
 
 
@@ -127,19 +127,25 @@ def read_all(read: _EntityRead, options: ParallelRead, mode: str) -> ReaderState
     a `modifiedon` cursor."""
     entity, client = read.entity, read.client
     entity_set, key = ENTITY_SET[entity], PRIMARY_KEY[entity]
-    links = {
-        f"{entity}@r{i:03d}": client.query_link(
+    parts: dict[str, Progress] = {}
+    ranges = options.ranges
+    if read.tracking:
+        # The key read's first page fixes its snapshot before any range is read, and says
+        # whether ranges are worth it: a table whose keys fit one page is read in one.
+        token = client.query_link(entity_set, select=[key], filter=None, orderby=None)
+        first = next(client.iter_link(token, track_changes=True, annotations=""))
+        last = first.next_link is None
+        parts[f"{entity}@{TOKEN}"] = Progress(
+            mode, read.select_list, first.next_link, first.delta_link, last, read.started
+        )
+        ranges = 1 if last else ranges
+    for i, where in enumerate(key_ranges(key, ranges)):
+        link = client.query_link(
             entity_set, select=read.plan.select(entity), filter=where, orderby=f"{key} asc"
         )
-        for i, where in enumerate(key_ranges(key, options.ranges))
-    }
-    if read.tracking:
-        token = client.query_link(entity_set, select=[key], filter=None, orderby=None)
-        links[f"{entity}@{TOKEN}"] = token
-    parts = {
-        part: Progress(mode, read.select_list, link, None, False, read.started)
-        for part, link in links.items()
-    }
+        parts[f"{entity}@r{i:03d}"] = Progress(
+            mode, read.select_list, link, None, False, read.started
+        )
     run = _Run(read, options, mode, parts, fresh=True)
     delta = run.run()
     if delta:
