@@ -150,8 +150,11 @@ def read_all(read: _EntityRead, options: ParallelRead, mode: str) -> ReaderState
     delta = run.run()
     if delta:
         return read.state("delta", delta, None)
-    if read.tracking:  # the records are in; the token read goes on next cycle
-        return read.state(TRACKING, run.parts[run.token_part].resume_link, None)
+    token = run.parts.get(run.token_part)
+    if token is not None and not token.complete:  # the key read goes on next cycle
+        return read.state(TRACKING, token.resume_link, None)
+    # No change tracking, or a key read that ended without a delta link (section 4.4):
+    # a modifiedon cursor from here on, as after a sequential read.
     return read.state("cursor", None, None)
 
 
