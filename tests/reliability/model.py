@@ -30,7 +30,9 @@ The sync filter (README rule 8) and Block Field Updates (rule 9), as this model 
 - an account kept out by the filter that turns Yes is created; its contacts already in the
   store take its values as an update from Dynamics: logged, and rule 7 applies to them;
 - rule 7 counts the account's live contacts in the store after this cycle's contact changes
-  (stale contacts in, contacts kept out by the filter not): what its contacts are here;
+  (stale contacts in, contacts kept out by the filter not): what its contacts are here. With
+  the filter this differs from Dynamics' count, and it matters: counting Dynamics' contacts
+  made the soak disagree with the store within 80 cycles on each seed tried;
 - a local edit through a contact whose account the filter kept out is refused: that account is
   not in the store, and the README says its contacts have NULL account values (a pending edit
   there would reach only the contacts already stored, not those that join later);
@@ -40,7 +42,8 @@ The sync filter (README rule 8) and Block Field Updates (rule 9), as this model 
   Yes included) and a blocked field's new value differs from what its contacts carried before
   the cycle (stored value, pending local edit on top), that carried value is pinned as a pending
   edit unless one is pending already; Dynamics never drops a pending edit of a blocked field.
-  A field new to the selection takes its first values, blocked or not. Once the block is gone,
+  A field new to the selection takes its first values, blocked or not (not checked: the soak
+  blocks only fields always selected; see README.md, "Known product bugs"). Once the block is gone,
   the next Dynamics update of the account (not an earlier one) overwrites the kept value;
 - local_update: the edit is refused and changes nothing.
 """

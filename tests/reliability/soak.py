@@ -215,14 +215,17 @@ def _new_flag(rng: random.Random) -> dict[str, bool | None]:
 
 def _filter_change(org: Org, rng: random.Random, kind: str) -> str:
     """Flip a record's sync filter, or change a record that says No (it must stay as it was).
-    Accounts with contacts are picked first: their contacts' values freeze and thaw."""
+    Half the time a record that says No is picked (to bring it back), and accounts with
+    contacts are picked first: their contacts' values freeze and thaw."""
     entity = "account" if kind == "filter_account" else "contact"
     ids = org.account_ids() if entity == "account" else org.contact_ids()
-    if entity == "account" and rng.random() < 0.7:
+    get = org.get_account if entity == "account" else org.get_contact
+    if rng.random() < 0.5:
+        ids = [r for r in ids if get(r).get(SYNC_FILTER_FIELD) is False] or ids
+    elif entity == "account" and rng.random() < 0.7:
         ids = [a for a in ids if org.contacts_of(a)] or ids
     rid = rng.choice(ids)
-    row = org.get_account(rid) if entity == "account" else org.get_contact(rid)
-    says_no = row.get(SYNC_FILTER_FIELD) is False
+    says_no = get(rid).get(SYNC_FILTER_FIELD) is False
     if says_no and rng.random() < 0.4:  # stays No, with a change the store must not take
         if entity == "account":
             name = rng.choice(sorted(ACCOUNT_KINDS))
