@@ -274,8 +274,9 @@ def _reader_meta(result: CycleResult, entity: str) -> dict:
             meta["reader_state_age_s"] = round(age.total_seconds(), 1)
     if state.cursor_modifiedon is not None:
         meta["cursor_modifiedon"] = state.cursor_modifiedon.isoformat()
-    if state.delta_link:
+    if state.delta_link and "$deltatoken=" in state.delta_link:
         # The delta token is a version stamp, not a secret; show the token, not the whole URL.
+        # (A parallel first copy's `tracking` state holds a page link, not a token, yet.)
         meta["delta_token"] = state.delta_link.rsplit("$deltatoken=", 1)[-1][:80]
     return meta
 

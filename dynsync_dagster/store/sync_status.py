@@ -310,6 +310,8 @@ class SyncStatus:
         for entity, state in sorted(self.store.readers.items()):  # type: ignore[union-attr]
             if state.mode == "delta" and state.updated_at is not None:
                 parts.append(f"{entity}s {_age(self.now - state.updated_at)} old")
+            elif state.mode == "tracking":  # a parallel first copy (sync/parallel_read.py)
+                parts.append(f"{entity}s not yet (the first copy's token read ends next cycle)")
             else:
                 parts.append(f"{entity}s none (no change tracking: a modifiedon cursor)")
         return ", ".join(parts) or "none yet"
