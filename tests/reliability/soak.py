@@ -439,14 +439,15 @@ def _wait_for_next_second_after(modifiedon: datetime | None) -> None:
 def _edit_pools(model: Model, kept_out_too: bool) -> tuple[list[str], list[str]]:
     """Contacts an edit can reach, and every contact. Without `kept_out_too`, contacts whose
     account the sync filter kept out are left out of both: the product accepts an edit there
-    that the model refuses (see README.md, "Known product bugs")."""
+    that the model refuses (see README.md, "Known product bugs"); with it, the live ones are
+    the reachable ones whenever there are any."""
+    contacts, stored = model.contacts, model.accounts
     every = sorted(
-        c
-        for c, s in model.contacts.items()
-        if kept_out_too or s.accountid is None or s.accountid in model.accounts
+        c for c, s in contacts.items() if kept_out_too or not s.accountid or s.accountid in stored
     )
-    live = [c for c in every if model.contacts[c].accountid and not model.contacts[c].deleted]
-    return live, every
+    live = [c for c in every if contacts[c].accountid and not contacts[c].deleted]
+    kept_out = [c for c in live if contacts[c].accountid not in stored]
+    return (kept_out or live) if kept_out_too else live, every
 
 
 def local_edits(
