@@ -475,7 +475,12 @@ def _resume_full_read(read: _EntityRead) -> tuple[ReaderState, str] | None:
     # Pages staged by the failed cycle may be stale: bring in what changed since that read
     # began, in this same cycle (a delta poll, or a cursor read from its start).
     if link:
-        link = read.drain(read.link(link)) or link
+        try:
+            link = read.drain(read.link(link)) or link
+        except ExpiredDeltaToken:
+            # The read is too old to catch up on (deletions included): read it again.
+            log.warning("%s: the resumed read's delta token expired; starting over", read.entity)
+            return None
     else:
         read.drain(read.modified(resumed.started_at - CURSOR_OVERLAP))
     return _after_full(read, link), resumed.mode

@@ -395,7 +395,12 @@ def _block_dynamics_updates(con: duckdb.DuckDBPyConnection, ctx: MergeContext) -
     leaves alone. The rest of the rules see the pin like any local edit, so contacts that join
     the account take the same value and no activity is logged. Returns the (account, field)
     pairs kept off the contacts."""
-    blocked = [f for f in ctx.plan.synced("account") if f.name in ctx.blocked_fields]
+    # A field added to the selection this cycle has no value on contacts to keep yet: its
+    # first values fill in as for any other new field.
+    new = ctx.schema.new_account_fields()
+    blocked = [
+        f for f in ctx.plan.synced("account") if f.name in ctx.blocked_fields and f.name not in new
+    ]
     kept = 0
     for f in blocked:
         changed = f"u.{quote(f.name)} IS DISTINCT FROM b.{quote(f.name)}"

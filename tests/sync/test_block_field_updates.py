@@ -92,3 +92,25 @@ def test_without_the_block_dynamics_overwrites_the_contacts(sim: Simulator, tmp_
     assert _rows(
         db, "SELECT DISTINCT account_name FROM contacts WHERE accountid = ?", [account]
     ) == [("Unblocked rename",)]
+
+
+def test_a_field_added_and_blocked_at_once_fills_its_first_values(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Blocking keeps the contacts' value; a field new to the selection has none to keep."""
+    db = tmp_path / "store.duckdb"
+    account = pick_sized(sim, 8)
+    cycle(sim, db, BASE)
+    sim.org.update_account(account, address1_city="Gent")
+    added = replace(
+        sync_settings((*BASE.account_fields, "address1_city"), BASE.contact_fields),
+        block_field_updates={"address1_city": frozenset({"dynamics_sync"})},
+    )
+    result = cycle(sim, db, added)
+    assert result.counts.updates_blocked == 0
+    assert _rows(db, "SELECT count(*) FROM local_edits") == [(0,)]
+    assert _rows(
+        db, "SELECT DISTINCT account_address1_city FROM contacts WHERE accountid = ?", [account]
+    ) == [("Gent",)]
+    with open_store(db, read_only=True) as con:
+        assert propagation_consistent(con).passed

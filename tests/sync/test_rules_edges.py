@@ -231,3 +231,30 @@ def test_5000_contacts_log_and_5001_do_not(big_sim: Simulator, tmp_path) -> None
     assert result.counts.suppressed_accounts == [
         {"accountid": over, "contacts": 5001, "rows_suppressed": 5001}
     ]
+
+
+def test_a_resumed_read_whose_delta_token_expired_starts_over(harness: Harness) -> None:
+    """The failed cycle finished reading contacts, then failed on accounts; by the next cycle
+    the contacts' delta token has expired, so its staged pages cannot be caught up: read again."""
+    sim = harness.sim
+    harness.cycle()
+    s = harness.settings
+    harness.settings = s.__class__(s.account_fields, (*s.contact_fields, "jobtitle"), 5000)
+    sim.faults.inject("503", times=None, path_contains="/accounts")
+    client = DynamicsClient(
+        harness.conn,
+        retry=RetryPolicy(max_attempts=2, base_backoff_s=0.01, max_backoff_s=0.01),
+        sleep=lambda s: None,
+    )
+    with pytest.raises(TransientError):  # contacts read in full (a new field), accounts fail
+        run_cycle(harness.conn, harness.settings, harness.db, CycleOptions(), client=client)
+    sim.faults.clear()
+    gone = sim.org.contact_ids()[0]
+    sim.org.delete_contact(gone)
+    sim.org.expire_delta_tokens()
+    result = harness.cycle()
+    assert result.modes["contact"] in ("full", "resync")
+    assert harness.scalar("SELECT is_deleted FROM contacts WHERE contactid = ?", [gone]) is True
+    assert harness.scalar("SELECT count(*) FROM contacts WHERE NOT is_deleted") == len(
+        sim.org.contact_ids()
+    )
