@@ -457,7 +457,7 @@ def local_edits(
     rng: random.Random,
     report: SoakReport,
     settings: SyncSettings,
-    kept_out_too: bool = False,
+    kept_out_too: bool = True,
 ) -> list[str]:
     """0-2 random local edits, each checked against what the model expects."""
     problems: list[str] = []
@@ -553,7 +553,7 @@ def run_soak(
     seed: int,
     workdir: Path,
     log: Callable[[str], None] = lambda _: None,
-    kept_out_too: bool = False,
+    kept_out_too: bool = True,
 ) -> SoakReport:
     """Run the soak; raises SoakMismatch at the first cycle where store and model disagree.
     `kept_out_too`: local edits also through contacts of accounts the sync filter kept out."""
@@ -608,7 +608,7 @@ class _Soak:
     selection: Selection = field(default_factory=Selection)
     history: list[str] = field(default_factory=list)
     last_fields: str = ""
-    kept_out_too: bool = False  # edit contacts of kept-out accounts too (a known product bug)
+    kept_out_too: bool = True  # try edits through contacts of kept-out accounts (refused)
 
     def prepare(self, n: int) -> tuple[list[str], list[str], str, bool, bool]:
         """A block segment, local edits, Dynamics changes, a selection change and a fault
@@ -755,9 +755,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quiet", action="store_true", help="no line per cycle")
     parser.add_argument(
-        "--edit-kept-out",
-        action="store_true",
-        help="also edit through contacts of accounts the sync filter kept out (a known bug)",
+        "--no-edit-kept-out",
+        dest="edit_kept_out",
+        action="store_false",
+        help="never try local edits through contacts of accounts the sync filter kept out "
+        "(by default they are tried, and both the store and the model must refuse them)",
     )
     parser.add_argument(
         "--write-results", action="store_true", help=f"rewrite {RESULTS.name} with the outcome"
