@@ -29,6 +29,15 @@ def working_path(published: Path) -> Path:
     return published.with_name(published.name + ".work")
 
 
+def not_yet_synced(published: Path) -> str | None:
+    """Why a command that needs the store cannot run yet, or None when a cycle has made it
+    (the published file, or the working store a cycle is about to publish)."""
+    published = Path(published)
+    if published.exists() or working_path(published).exists():
+        return None
+    return f"{published} does not exist yet: run `dynsync sync` first"
+
+
 def stage_path(published: Path) -> Path:
     published = Path(published)
     return published.with_name(published.name + ".stage")

@@ -35,7 +35,7 @@ import psycopg2
 from psycopg2 import errors, sql
 
 from dynsync_dagster.store import outbox
-from dynsync_dagster.store.connection import open_working, working_path, writer_lock
+from dynsync_dagster.store.connection import not_yet_synced, open_working, writer_lock
 from dynsync_dagster.store.schema import quote, table_columns
 
 SCHEMA_VARIABLE = "DYNSYNC_POSTGRES_SCHEMA"
@@ -568,8 +568,8 @@ def publish_store(
             "database to publish the store to PostgreSQL"
         )
     db_path = Path(db_path)
-    if not (db_path.exists() or working_path(db_path).exists()):
-        raise PostgresPublishError(f"{db_path} does not exist yet: run `dynsync sync` first")
+    if missing := not_yet_synced(db_path):
+        raise PostgresPublishError(missing)
     with writer_lock(db_path, wait_s), open_working(db_path, wait_s=wait_s) as con:
         return publish(con, target, db_path.parent, full=full)
 

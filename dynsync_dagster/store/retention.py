@@ -18,8 +18,8 @@ import duckdb
 from dynsync_dagster.store.connection import (
     StoreNotReadyError,
     cycle_lock,
+    not_yet_synced,
     private_files,
-    working_path,
 )
 from dynsync_dagster.store.publish import bump_generation, writing
 from dynsync_dagster.store.schema import ensure_fixed_tables
@@ -76,8 +76,8 @@ def purge_activity(
     if retention_days is None:
         return PurgeResult(None)
     published = Path(published)
-    if not (published.exists() or working_path(published).exists()):
-        raise StoreNotReadyError(f"{published} does not exist yet: run `dynsync sync` first")
+    if missing := not_yet_synced(published):
+        raise StoreNotReadyError(missing)
     now = now or datetime.now(UTC)
     cutoff = now - timedelta(days=retention_days)
     with (

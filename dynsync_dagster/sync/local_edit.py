@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 
 from dynsync_dagster.settings import SyncSettings
-from dynsync_dagster.store.connection import private_files, working_path
+from dynsync_dagster.store.connection import not_yet_synced, private_files
 from dynsync_dagster.store.outbox import record_local_edit
 from dynsync_dagster.store.publish import Published, bump_generation, writing
 from dynsync_dagster.store.schema import ensure_fixed_tables, literal, quote, table_columns
@@ -85,8 +85,8 @@ def set_account_field(
             "change it in Dynamics, or remove local_update for it there; nothing was changed"
         )
     db_path = Path(db_path)
-    if not (db_path.exists() or working_path(db_path).exists()):
-        raise LocalEditError(f"{db_path} does not exist yet: run `dynsync sync` first")
+    if missing := not_yet_synced(db_path):
+        raise LocalEditError(missing)
     edited_at = datetime.now(UTC)
     with private_files(), writing(db_path, wait_s=wait_s, run_id=run_id) as session:
         con = session.con
