@@ -78,6 +78,15 @@ def _parser(prog: str = "python -m dynsync_dagster.simulator") -> argparse.Argum
         "0.05 s and the 300 s window passes in 15 s; Retry-After stays in real seconds "
         "(default 1)",
     )
+    parser.add_argument(
+        "--server-time-scale",
+        type=_server_time_scale,
+        default=1.0,
+        metavar="F",
+        help="with --realistic-limits: every request costs F times the default server time, "
+        "an org with wide rows, plugins or a busy server (a scale model: at F=12 a copy of "
+        "1M contacts costs several 300 s windows' budget; default 1)",
+    )
     return parser
 
 
@@ -89,6 +98,18 @@ def _clock_speed(text: str) -> float:
     if not 0 < speed < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number above 0 (1 is real time), got {text!r}")
     return speed
+
+
+def _server_time_scale(text: str) -> float:
+    try:
+        scale = float(text)
+    except ValueError:
+        scale = 0.0
+    if not 0 < scale < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"must be a number above 0 (1 is the default cost), got {text!r}"
+        )
+    return scale
 
 
 def _sized(text: str) -> tuple[int, ...]:
@@ -132,6 +153,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.server_time_scale != 1.0 and not args.realistic_limits:
+        print("error: --server-time-scale needs --realistic-limits", file=sys.stderr)
+        return 2
     # This process is a server holding millions of long-lived rows: collect garbage cycles
     # rarely, since each pass walks every young container and page serving makes many.
     gc.set_threshold(50_000, 20, 20)
@@ -151,6 +175,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         trickle_per_minute=args.trickle_per_minute,
         realistic_limits=args.realistic_limits,
         clock_speed=args.clock_speed,
+        server_time_scale=args.server_time_scale,
     )
     try:
         sim.start()

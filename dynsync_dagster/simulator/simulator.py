@@ -109,6 +109,7 @@ class Simulator:
         execution_limit_s: float = 1200,
         realistic_limits: bool = False,
         clock_speed: float = 1.0,
+        server_time_scale: float = 1.0,
     ) -> None:
         self.spec = spec or DatasetSpec()
         self.spec.validate()
@@ -141,14 +142,20 @@ class Simulator:
             gc.freeze()
         self.faults = FaultInjector()
         self.tokens = TokenStore()
-        # realistic_limits: each request costs modelled server time (limits.py, realism.py);
+        # realistic_limits: each request costs modelled server time (limits.py, realism.py),
+        # server_time_scale times the default (an expensive org: realism.ServerTime.scale);
         # clock_speed: service protection's clock runs that many times real time (clock.py).
+        if server_time_scale != 1.0 and not realistic_limits:
+            raise ValueError(
+                "server_time_scale needs realistic_limits=True (the plain mode "
+                "charges the time a request really takes)"
+            )
         self.limits = ServiceProtection(
             request_limit,
             concurrency_limit,
             execution_limit_s * 1000,
             clock=SimClock(clock_speed),
-            server_time=ServerTime() if realistic_limits else None,
+            server_time=ServerTime(scale=server_time_scale) if realistic_limits else None,
         )
         self._state = WebApiState(page_cap=max_page_size)
         self.admin_key = secrets.token_urlsafe(24)

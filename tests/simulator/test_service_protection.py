@@ -190,3 +190,32 @@ def test_cli_flags_reach_the_simulator(tmp_path: Path, capsys) -> None:
     assert (rows, columns) == (30, 2)
     charged_ms = 1_200_000 - time_left_ms(response)
     assert abs(charged_ms - ServerTime().cost(rows, columns) * 1000) < 0.1
+
+
+def test_server_time_scale_multiplies_the_charge_and_the_hold(tmp_path: Path, capsys) -> None:
+    query = "contacts?$select=firstname,lastname&$top=100"
+    charged, held = {}, {}
+    for scale in (1.0, 8.0):
+        with realistic(tmp_path / str(scale), clock_speed=10, server_time_scale=scale) as sim:
+            api = Api(sim)
+            before = time_left_ms(api.get("WhoAmI"))
+            started = time.monotonic()
+            response = api.get(query)
+            held[scale] = time.monotonic() - started
+            assert response.status_code == 200, response.text
+            charged[scale] = (before - time_left_ms(response)) / 1000
+            expected = ServerTime(scale=scale).cost(*shape(response.json()))
+            assert abs(charged[scale] - expected) < 1e-4
+            assert held[scale] >= expected / 10  # held its scaled server time at 10x
+    assert charged[8.0] == pytest.approx(8 * charged[1.0], abs=1e-4)
+    assert held[8.0] > held[1.0]
+    # The knob belongs to the realistic mode only: the plain mode charges real time.
+    with pytest.raises(ValueError, match="realistic_limits"):
+        Simulator(SPEC, state_dir=tmp_path / "plain", server_time_scale=2)
+    with pytest.raises(ValueError, match="above 0"):
+        ServerTime(scale=0)
+    assert main(["--server-time-scale", "3"]) == 2
+    assert "needs --realistic-limits" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--realistic-limits", "--server-time-scale", "-1"])
+    assert "must be a number above 0" in capsys.readouterr().err
