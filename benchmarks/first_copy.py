@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dynsync_dagster.dynamics import client as client_module  # noqa: E402
-from dynsync_dagster.dynamics.budget import EXECUTION_LIMIT_S, Budget  # noqa: E402
+from dynsync_dagster.dynamics.budget import EXECUTION_LIMIT_S, TIME_LEFT, Budget  # noqa: E402
 from dynsync_dagster.dynamics.client import DynamicsClient  # noqa: E402
 from dynsync_dagster.dynamics.fields import ENTITY_SET, resolve_fields  # noqa: E402
 from dynsync_dagster.settings import ConnectionSettings, SyncSettings  # noqa: E402
@@ -72,6 +72,7 @@ class Sent:
     answered: float
     status: int
     retry_after: float | None
+    window_used: float | None  # the user's execution-time window in use, from the headers
 
 
 @dataclass
@@ -94,9 +95,12 @@ class Watch:
                 started = time.monotonic()
                 response = send(method, url, **kwargs)
                 retry = response.headers.get("Retry-After")
+                left = _float(response.headers.get(TIME_LEFT, "").replace(",", "") or None)
+                used = None if left is None else 1 - left / 1000 / EXECUTION_LIMIT_S
+                answered = time.monotonic()
                 with watch.lock:
                     watch.sent.append(
-                        Sent(started, time.monotonic(), response.status_code, _float(retry))
+                        Sent(started, answered, response.status_code, _float(retry), used)
                     )
                 return response
 
@@ -133,10 +137,14 @@ def unhonoured(sent: list[Sent]) -> int:
     return bad
 
 
-def sequential(conn: ConnectionSettings, plan: Any) -> tuple[int, float, dict[str, int]]:
-    """Rows, real seconds and columns per entity of a one-page-at-a-time pager."""
-    rows, columns = 0, {}
-    t0 = time.perf_counter()
+def sequential(
+    conn: ConnectionSettings, plan: Any, totals: dict[str, int], prefix: float = 1.0
+) -> dict[str, Any]:
+    """A one-page-at-a-time pager. With `prefix` below 1 it reads only that share of each
+    entity's records and its time is extrapolated to all of them: its pace is set by the
+    modelled server time per page, the same for every full page of an entity."""
+    columns: dict[str, int] = {}
+    read, real_s = 0, 0.0
     with DynamicsClient(conn) as client:
         for entity in ("contact", "account"):
             pages = client.iter_pages(
@@ -145,11 +153,17 @@ def sequential(conn: ConnectionSettings, plan: Any) -> tuple[int, float, dict[st
                 track_changes=plan.change_tracking[entity],
                 annotations=ANNOTATIONS,
             )
+            n, t0 = 0, time.perf_counter()
             for page in pages:
                 if page.rows and entity not in columns:
                     columns[entity] = sum(1 for k in page.rows[0] if "@" not in k)
-                rows += len(page)
-    return rows, time.perf_counter() - t0, columns
+                n += len(page)
+                if prefix < 1 and n >= prefix * totals[entity]:
+                    break
+            took = time.perf_counter() - t0
+            read += n
+            real_s += took * (totals[entity] / n if n < totals[entity] else 1)
+    return {"sequential_s": real_s, "sequential_read": read, "columns": columns}
 
 
 def timed_cycle(conn, sync, db: Path, share: float) -> tuple[Any, float]:
@@ -159,146 +173,251 @@ def timed_cycle(conn, sync, db: Path, share: float) -> tuple[Any, float]:
     return result, time.perf_counter() - t0
 
 
-def ceiling(rows: dict[str, int], columns: dict[str, int], share: float) -> float:
-    """Records per simulated second that `share` of the execution-time budget allows in
-    steady state, for full 5,000-row pages of these columns."""
-    model = ServerTime()
-    server_s = sum(
-        n * model.cost(5000, columns.get(entity, 0)) / 5000 for entity, n in rows.items()
+def server_seconds(
+    rows: dict[str, int], columns: dict[str, int], scale: float, key_only: bool = False
+) -> float:
+    """Modelled server time of reading these records in full 5,000-row pages
+    (simulator/realism.py); key_only: the change-tracking read of the key alone."""
+    model = ServerTime(scale=scale)
+    return sum(
+        n * model.cost(5000, 1 if key_only else columns.get(entity, 0)) / 5000
+        for entity, n in rows.items()
     )
-    per_s = EXECUTION_LIMIT_S / WINDOW_S * share  # server-seconds per second
-    return sum(rows.values()) / (server_s / per_s)
+
+
+def ceilings(records: int, server_s: float, share: float) -> dict[str, float | None]:
+    """Records per simulated second the execution-time budget allows: in steady state
+    (share x 1,200 s per 300 s window), and at best when the first window's share is spent
+    at once and the rest at the steady pace (None: the copy fits in that first window)."""
+    out: dict[str, float | None] = {}
+    for name, s in (("100", 1.0), ("share", share)):
+        per_s = EXECUTION_LIMIT_S / WINDOW_S * s  # server-seconds per simulated second
+        out[name] = records / (server_s / per_s)
+        after_burst = max(0.0, server_s - s * EXECUTION_LIMIT_S) / per_s
+        out[f"{name}_burst"] = records / after_burst if after_burst > 0 else None
+    return out
+
+
+def timeline(sent: list[Sent], t0: float, t1: float, speed: float, step_s: float = 60):
+    """Per `step_s` simulated seconds of [t0, t1]: mean requests in flight and the highest
+    share of the user's execution-time window in use."""
+    out = []
+    start = t0
+    while start < t1:
+        end = min(t1, start + step_s / speed)
+        busy = sum(max(0.0, min(s.answered, end) - max(s.started, start)) for s in sent)
+        used = [s.window_used for s in sent if start <= s.answered < end and s.window_used]
+        out.append((busy / (end - start), max(used, default=0.0)))
+        start = end
+    return out
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     watch = Watch()
     watch.install()
+    scaled = args.server_time_scale != 1
     sim_args = ["--accounts", str(args.accounts), "--contacts", str(args.contacts)]
     sim_args += ["--seed", "7", "--realistic-limits", "--clock-speed", str(args.clock_speed)]
+    sim_args += ["--server-time-scale", str(args.server_time_scale)]
+    totals = {"contact": args.contacts, "account": args.accounts}
     out: dict[str, Any] = {"failed_cycles": 0}
     with SimulatorProcess(work / "sim", sim_args, cwd=REPO) as sim:
         conn = ConnectionSettings.from_env(sim.env)
         sync = SyncSettings.load(CONFIG)
         with DynamicsClient(conn) as client:
             plan = resolve_fields(client, sync.account_fields, sync.contact_fields)
-        # The simulator serialises each record once for a $select and caches the bytes: a
-        # first read warms it for both measured reads, then a window passes for the budget.
-        print("warming the simulator (a sequential read, not measured) ...", flush=True)
-        sequential(conn, plan)
-        time.sleep(WINDOW_S / args.clock_speed + 1)
+        if not scaled:
+            # The simulator serialises each record once for a $select and caches the bytes:
+            # a first read warms it for both measured reads, then a window passes. On a
+            # scaled org a page's hold dwarfs its serialisation, so no warm-up is needed.
+            print("warming the simulator (a sequential read, not measured) ...", flush=True)
+            sequential(conn, plan, totals)
+            time.sleep(WINDOW_S / args.clock_speed + 1)
         t0 = time.monotonic()
         print("first copy (parallel) and the next cycle ...", flush=True)
-        db = work / "store" / "dynsync.duckdb"
-        for name in ("first", "next"):
-            try:
-                result, wall = timed_cycle(conn, sync, db, args.share)
-            except Exception as exc:  # counted and reported, not raised
-                out["failed_cycles"] += 1
-                out[f"{name}_error"] = str(exc)[:300]
-                break
-            out[f"{name}_s"], out[f"{name}_fetch_s"] = wall, result.fetch_s
-            out[f"{name}_rows"] = sum(result.rows_read.values())
-            out[f"{name}_modes"] = dict(result.modes)
-            out[f"{name}_states"] = {e: s.mode for e, s in result.reader_states.items()}
-            out[f"{name}_requests"] = result.stats.requests
+        copy_cycles(conn, sync, work / "store" / "dynsync.duckdb", args.share, out)
+        first_end = t0 + out.get("first_s", 0.0)
+        during = [s for s in watch.since(t0) if s.started < first_end]
+        out["window_used"] = max((s.window_used or 0.0 for s in during), default=0.0)
+        out["timeline"] = timeline(during, t0, first_end, args.clock_speed)
         out["peak_in_flight"] = max((b.stats.peak_in_flight for b in watch.budgets), default=0)
-        out["window_used"] = max((b.stats.window_used for b in watch.budgets), default=0.0)
-        # Last: it spends at most a window's fifth of the budget, so it never waits for 429s.
+        # Let the copy's charges leave the window: the pager then never meets a 429.
+        time.sleep(WINDOW_S / args.clock_speed + 1)
         print("sequential pager ...", flush=True)
-        rows, seq_s, columns = sequential(conn, plan)
-        out.update(rows=rows, sequential_s=seq_s, columns=columns)
+        out.update(sequential(conn, plan, totals, args.pager_prefix))
         sent = watch.since(t0)
         out["throttled"] = sum(1 for s in sent if s.status == 429)
         out["unhonoured"] = unhonoured(sent)
-    contacts = args.contacts
-    per_entity = {"contact": contacts, "account": rows - contacts}
-    out["ceiling_100"] = ceiling(per_entity, columns, 1.0)
-    out["ceiling_share"] = ceiling(per_entity, columns, args.share)
+    out["rows"] = sum(totals.values())
+    scale, columns = args.server_time_scale, out["columns"]
+    out["server_s"] = server_seconds(totals, columns, scale)
+    out["key_server_s"] = server_seconds(totals, columns, scale, key_only=True)
+    out.update(ceilings(out["rows"], out["server_s"], args.share))
     return out
 
 
+def copy_cycles(conn, sync, db: Path, share: float, out: dict[str, Any]) -> None:
+    """The parallel first copy and the cycle after it; a failure is counted, not raised."""
+    for name in ("first", "next"):
+        try:
+            result, wall = timed_cycle(conn, sync, db, share)
+        except Exception as exc:
+            out["failed_cycles"] += 1
+            out[f"{name}_error"] = str(exc)[:300]
+            return
+        out[f"{name}_s"], out[f"{name}_fetch_s"] = wall, result.fetch_s
+        out[f"{name}_rows"] = sum(result.rows_read.values())
+        out[f"{name}_modes"] = dict(result.modes)
+        out[f"{name}_states"] = {e: s.mode for e, s in result.reader_states.items()}
+        out[f"{name}_requests"] = result.stats.requests
+
+
+def command(args: argparse.Namespace) -> str:
+    text = (
+        f"python benchmarks/first_copy.py --contacts {args.contacts} --accounts "
+        f"{args.accounts} --clock-speed {args.clock_speed:g} --share {args.share:g}"
+    )
+    if args.server_time_scale != 1:
+        text += f" --server-time-scale {args.server_time_scale:g}"
+    if args.pager_prefix < 1:
+        text += f" --pager-prefix {args.pager_prefix:g}"
+    return text
+
+
 def report(args: argparse.Namespace, m: dict[str, Any], took_s: float) -> str:
-    speed, rows = args.clock_speed, m["rows"]
-    seq_rate = rows / (m["sequential_s"] * speed)
+    speed = args.clock_speed
+    seq_rate = m["rows"] / (m["sequential_s"] * speed)
+    scale = f", `--server-time-scale {args.server_time_scale:g}`"
     lines = [
         START,
         "## First copy under realistic service protection (issue 16)",
         "",
-        f"Generated by `python benchmarks/first_copy.py --contacts {args.contacts} "
-        f"--accounts {args.accounts} --clock-speed {speed:g} --share {args.share:g}` on "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC (took {took_s / 60:.1f} min). Simulator in its "
-        "realistic mode (`--realistic-limits`) on a clock "
-        f"{speed:g}x real time; rates are records per *simulated* second (real seconds x "
-        f"{speed:g}). One run each, on a shared 2-core machine where other work ran: the "
-        "timings are noisy. Columns returned per record: "
+        f"Generated by `{command(args)}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC (took "
+        f"{took_s / 60:.1f} min). Simulator in its realistic mode (`--realistic-limits`"
+        + (scale if args.server_time_scale != 1 else "")
+        + f") on a clock {speed:g}x real time; rates are records per *simulated* second (real "
+        f"seconds x {speed:g}). One run each, on a shared 2-core machine: the timings are "
+        "noisy. Columns returned per record: "
         + ", ".join(f"{e} {n}" for e, n in m["columns"].items())
         + ".",
         "",
-        "| figure | simulated s | records | records/s | vs sequential | vs ceiling (100%) |",
-        "|---|---:|---:|---:|---:|---:|",
+        *table(args, m, seq_rate),
+        "",
+        *verdicts(args, m, seq_rate),
+        *notes(args, m),
+        END,
     ]
+    return "\n".join(lines) + "\n"
 
-    def row(name: str, real_s: float | None, n: int) -> str:
-        if real_s is None:
-            return f"| {name} | failed | | | | |"
-        rate = n / (real_s * speed)
+
+def table(args: argparse.Namespace, m: dict[str, Any], seq_rate: float) -> list[str]:
+    speed, rows, share = args.clock_speed, m["rows"], args.share
+    c100, cshare = m["100"], m["share"]
+
+    def rated(name: str, seconds: str, n: str, rate: float) -> str:
         return (
-            f"| {name} | {real_s * speed:,.1f} | {n:,} | {rate:,.0f} | "
-            f"{rate / seq_rate:.2f}x | {rate / m['ceiling_100']:.0%} |"
+            f"| {name} | {seconds} | {n} | {rate:,.0f} | {rate / seq_rate:.2f}x | "
+            f"{rate / c100:.0%} | {rate / cshare:.0%} |"
         )
 
-    lines += [
-        row("Sequential pager (one page at a time, nextLink)", m["sequential_s"], rows),
-        row(
-            "First copy, parallel ranges (whole cycle, store write included)",
-            m.get("first_s"),
-            rows,
-        ),
-        row(
+    def run(name: str, real_s: float | None) -> str:
+        if real_s is None:
+            return f"| {name} | failed | | | | | |"
+        return rated(name, f"{real_s * speed:,.1f}", f"{rows:,}", rows / (real_s * speed))
+
+    pager = "Sequential pager (one page at a time, nextLink)"
+    if args.pager_prefix < 1:
+        pager += f", timed on the first {args.pager_prefix:.0%} of each table, extrapolated"
+    out = [
+        "| figure | simulated s | records | records/s | vs sequential | vs ceiling (100%) "
+        f"| vs ceiling ({share:.0%}) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        run(pager, m["sequential_s"]),
+        run("First copy, parallel ranges (whole cycle, store write included)", m.get("first_s")),
+        run(
             "First copy, its read (the cycle's fetch: pages staged in DuckDB)",
             m.get("first_fetch_s"),
-            rows,
         ),
-        f"| Ceiling: 100% of the execution-time budget (4 server-s/s) | | | "
-        f"{m['ceiling_100']:,.0f} | {m['ceiling_100'] / seq_rate:.2f}x | 100% |",
-        f"| Ceiling: the read's share, {args.share:.0%} | | | {m['ceiling_share']:,.0f} | "
-        f"{m['ceiling_share'] / seq_rate:.2f}x | {args.share:.0%} |",
-        "",
+        rated(
+            "Ceiling: 100% of the execution-time budget, steady state (4 server-s/s)",
+            f"{rows / c100:,.1f}",
+            "",
+            c100,
+        ),
+        rated(
+            f"Ceiling: the read's share, {share:.0%}, steady state",
+            f"{rows / cshare:,.1f}",
+            "",
+            cshare,
+        ),
     ]
+    for key, label in (("100_burst", "100%"), ("share_burst", f"{share:.0%}")):
+        rate = m.get(key)
+        name = f"Best case at {label}: the first window's {label} spent at once, the rest steady"
+        if rate:
+            out.append(rated(name, f"{rows / rate:,.1f}", "", rate))
+        else:
+            out.append(f"| {name} | the copy fits in one window | | | | | |")
+    return out
+
+
+def verdicts(args: argparse.Namespace, m: dict[str, Any], seq_rate: float) -> list[str]:
+    speed, rows = args.clock_speed, m["rows"]
     fetch_rate = rows / (m["first_fetch_s"] * speed) if m.get("first_fetch_s") else 0.0
     cycle_rate = rows / (m["first_s"] * speed) if m.get("first_s") else 0.0
     targets = [
-        ("first copy's read >= 80% of the ceiling", fetch_rate >= 0.8 * m["ceiling_100"]),
+        (
+            "first copy's read >= 80% of the steady-state ceiling (100%)",
+            fetch_rate >= 0.8 * m["100"],
+        ),
         ("first copy's read >= 3x the sequential pager", fetch_rate >= 3 * seq_rate),
         ("zero failed cycles", m["failed_cycles"] == 0),
         ("every 429 honoured", m["unhonoured"] == 0),
-        ("(whole first cycle >= 80% of the ceiling)", cycle_rate >= 0.8 * m["ceiling_100"]),
+        ("(whole first cycle >= 80% of the steady-state ceiling)", cycle_rate >= 0.8 * m["100"]),
         ("(whole first cycle >= 3x the sequential pager)", cycle_rate >= 3 * seq_rate),
     ]
-    lines += [f"- {name}: {'met' if ok else 'NOT met'}" for name, ok in targets]
-    lines += [
-        "- The read is compared with the pager, which reads the same pages and writes "
-        "nothing; it also stages them in DuckDB. The whole cycle adds the store's "
-        "transaction, as long as after a sequential read, and its CPU seconds count "
-        f"{speed:g}x in simulated time (the clock speeds up the server, not this machine).",
+    return [f"- {name}: {'met' if ok else 'NOT met'}" for name, ok in targets]
+
+
+def notes(args: argparse.Namespace, m: dict[str, Any]) -> list[str]:
+    speed, share = args.clock_speed, args.share
+    window_share = share * EXECUTION_LIMIT_S
+    minutes = ", ".join(f"{used:.0%}" for _, used in m["timeline"])
+    flight = ", ".join(f"{busy:.1f}" for busy, _ in m["timeline"])
+    out = [
+        f"- Modelled server time of the records' pages (what the pager reads): "
+        f"{m['server_s']:,.0f} s, {m['server_s'] / window_share:.1f}x the {share:.0%} share of "
+        f"one window ({window_share:,.0f} s). The copy's change-tracking key read (the key "
+        f"alone, for the delta link) adds {m['key_server_s']:,.0f} s, spent alongside the "
+        "ranges and, when they end first, in the next cycle.",
         f"- 429 answers during the run: {m['throttled']}; requests started inside a "
         f"Retry-After: {m['unhonoured']}; at most {m['peak_in_flight']} requests in flight "
-        f"(allowed: {int(52 * args.share)}); highest share of the user's execution-time window "
-        f"in use: {m['window_used']:.0%}",
+        f"(allowed: {int(52 * share)}); highest share of the user's execution-time window "
+        f"in use during the copy: {m['window_used']:.0%}.",
+        f"- During the first copy, per simulated minute: highest window use {minutes}; mean "
+        f"requests in flight {flight}.",
         f"- first cycle: modes {m.get('first_modes')}, reader states after "
         f"{m.get('first_states')}, {m.get('first_requests')} requests",
         f"- next cycle (finishes the change-tracking key read if the copy committed first, "
         f"then polls the delta link): {m['next_s'] * speed:,.1f} simulated s, modes "
         f"{m.get('next_modes')}, reader states after {m.get('next_states')}"
         if m.get("next_s")
-        else f"- next cycle failed: {m.get('next_error')}",
-        "- Why a copy of this size can beat the steady-state ceiling: its whole cost fits in "
-        "one 300 s window's share, which the limits allow to be spent at once (at most "
-        f"{int(52 * args.share)} requests in flight); a table that costs more than a window's "
-        "share is held to the share by the budget (dynamics/budget.py).",
-        END,
+        else f"- next cycle failed: {m.get('next_error') or m.get('first_error')}",
     ]
-    return "\n".join(lines) + "\n"
+    if m["server_s"] <= window_share:
+        out.append(
+            "- Why this copy can beat the steady-state ceiling: its whole cost fits in one "
+            "300 s window's share, which the limits allow to be spent at once; the steady "
+            "state is measured with `--server-time-scale` (an org whose pages cost more)."
+        )
+    else:
+        out.append(
+            "- The copy costs several windows' share, so the budget's steady state sets "
+            f"its pace: there the share itself caps the read at {share:.0%} of the 100% "
+            "ceiling; the best-case rows add what spending the first window at once can gain "
+            "(a sliding window allows it once)."
+        )
+    return out
 
 
 def write_results(path: Path, section: str) -> None:
@@ -317,10 +436,27 @@ def main(argv: list[str]) -> int:
     p.add_argument("--accounts", type=int, default=None, help="default: a tenth of --contacts")
     p.add_argument("--clock-speed", type=float, default=4.0)
     p.add_argument("--share", type=float, default=0.8)
+    p.add_argument(
+        "--server-time-scale",
+        type=float,
+        default=1.0,
+        help="every request costs this many times the default server time (an expensive "
+        "org): at 12, a 1M-contact copy costs several windows' budget, so the steady state "
+        "is measured, not one burst (default 1)",
+    )
+    p.add_argument(
+        "--pager-prefix",
+        type=float,
+        default=None,
+        help="time the sequential pager on this share of each table and extrapolate "
+        "(default: 1 at scale 1, else 0.1: its pace is one page's modelled time)",
+    )
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--no-write", action="store_true", help="print only")
     args = p.parse_args(argv)
     args.accounts = args.accounts if args.accounts is not None else args.contacts // 10
+    if args.pager_prefix is None:
+        args.pager_prefix = 1.0 if args.server_time_scale == 1 else 0.1
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dynsync-first-copy-") as tmp:
         m = measure(args, Path(tmp))
