@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -29,28 +30,49 @@ COMPARE_CHUNK = 4 << 20
 COMPARE_BLOCK = 256 << 10  # DuckDB's block size: a cycle rewrites whole blocks
 
 
+def compare_workers() -> int:
+    """Threads that compare the two copies. Reading both whole from the page cache is most of
+    a publish at 1,000,000 contacts, and it grows with the file, not with the change; the
+    reads and writes release the GIL, so two threads on two cores took 0.22 s where one took
+    0.31 s (median of 4 cycles each, on a loaded machine)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def refresh_into(source: Path, fd: int) -> tuple[int, int]:
     """Make the open file `fd` a byte-for-byte copy of `source`, writing only the blocks that
-    differ. Cheap when `fd` holds an older copy: a cycle at 1,000,000 contacts rewrites
-    ~25 MB of a ~330 MB file, and the rest is only read (from the page cache). Returns
-    (bytes in the file, bytes written)."""
+    differ. Cheap when `fd` holds an older copy: after 1,000-account cycles at 1,000,000
+    contacts, ~115 MB of a ~340 MB file differ from the spare (two cycles behind), and the
+    rest is only read (from the page cache), by compare_workers() threads taking every n-th
+    chunk. Returns (bytes in the file, bytes written)."""
     src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(src).st_size
-        new, old = bytearray(COMPARE_CHUNK), bytearray(COMPARE_CHUNK)
-        written = offset = 0
-        while offset < size:
-            n = os.preadv(src, [new], offset)
-            if n == 0:
-                break
-            m = os.preadv(fd, [old], offset)
-            if n < COMPARE_CHUNK or m != n or new != old:  # bytearray == is one memcmp
-                written += _write_changed_blocks(fd, new, old, n, m, offset)
-            offset += n
+        chunks = range(0, size, COMPARE_CHUNK)
+        n = min(compare_workers(), len(chunks)) or 1
+        if n == 1:
+            written = _refresh_chunks(src, fd, chunks)
+        else:
+            with ThreadPoolExecutor(n, thread_name_prefix="dynsync-publish") as pool:
+                parts = [pool.submit(_refresh_chunks, src, fd, chunks[i::n]) for i in range(n)]
+                written = sum(part.result() for part in parts)
         os.ftruncate(fd, size)
     finally:
         os.close(src)
     return size, written
+
+
+def _refresh_chunks(src: int, fd: int, offsets: range) -> int:
+    """Bring the chunks of `fd` at `offsets` up to date with `src`; returns bytes written."""
+    new, old = bytearray(COMPARE_CHUNK), bytearray(COMPARE_CHUNK)
+    written = 0
+    for offset in offsets:
+        n = os.preadv(src, [new], offset)
+        if n == 0:
+            break
+        m = os.preadv(fd, [old], offset)
+        if n < COMPARE_CHUNK or m != n or new != old:  # bytearray == is one memcmp
+            written += _write_changed_blocks(fd, new, old, n, m, offset)
+    return written
 
 
 def _write_changed_blocks(

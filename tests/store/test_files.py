@@ -1,0 +1,70 @@
+"""Rewriting a publish target block by block (store/files.py), at every worker count."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from dynsync_dagster.store import files
+
+CHUNK, BLOCK = 64 << 10, 16 << 10
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Many chunks and blocks from a file of a few hundred kB.
+    monkeypatch.setattr(files, "COMPARE_CHUNK", CHUNK)
+    monkeypatch.setattr(files, "COMPARE_BLOCK", BLOCK)
+
+
+def _refresh(source: Path, target: Path) -> tuple[int, int]:
+    fd = os.open(target, os.O_RDWR)
+    try:
+        return files.refresh_into(source, fd)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("old_size", [0, 5 * CHUNK + 123, 9 * CHUNK, 12 * CHUNK + 7])
+def test_the_target_becomes_the_source_and_only_changed_blocks_are_written(
+    tmp_path: Path,
+    small_chunks: None,
+    monkeypatch: pytest.MonkeyPatch,
+    workers: int,
+    old_size: int,
+) -> None:
+    monkeypatch.setattr(files, "compare_workers", lambda: workers)
+    rng = random.Random(old_size * 10 + workers)
+    new = bytearray(rng.randbytes(9 * CHUNK + 4321))
+    old = bytearray(new[:old_size]) + bytearray(rng.randbytes(max(0, old_size - len(new))))
+    # Change one byte in a few blocks the old copy has, in different chunks.
+    changed = sorted(
+        rng.sample(range(min(len(old), len(new)) // BLOCK), k=min(4, len(old) // BLOCK))
+    )
+    for b in changed:
+        old[b * BLOCK + rng.randrange(BLOCK)] ^= 0xFF
+    source, target = tmp_path / "source", tmp_path / "target"
+    source.write_bytes(new)
+    target.write_bytes(old)
+
+    size, written = _refresh(source, target)
+
+    assert target.read_bytes() == bytes(new)
+    assert size == len(new)
+    # Written: the changed blocks, and whatever the old copy lacked (whole blocks past its end).
+    missing = max(0, len(new) - len(old))
+    assert written >= len(changed) * BLOCK + missing
+    assert written <= len(changed) * BLOCK + missing + 2 * BLOCK
+
+
+def test_an_identical_copy_writes_nothing(tmp_path: Path, small_chunks: None) -> None:
+    data = random.Random(1).randbytes(7 * CHUNK + 99)
+    source, target = tmp_path / "source", tmp_path / "target"
+    source.write_bytes(data)
+    target.write_bytes(data)
+    assert _refresh(source, target) == (len(data), 0)
+    assert target.read_bytes() == data
