@@ -7,12 +7,20 @@ instead of seconds of imports. Output lines (stdout, flushed):
 
     ZYGOTE READY            imports done, waiting for jobs
     STARTED <pid>           a child is running the job
-    <pid> READY|FETCH <entity>|WRITE|MERGED|PUBLISH|DONE    the child's progress
+    <pid> READY|FETCH <entity>|KEYPAGE|COPIED <entity>|STAGED|WRITE|MERGED|PUBLISH|DONE
+                            the child's progress
     EXIT <pid> <status>     the child ended (status as from os.waitpid)
 
 The child slows itself at chosen places (a pause before staging each page, a pause inside the
 write transaction after the merge, a pause half-way through copying the store for readers) so
 that kills land in every phase of a cycle.
+
+A job with `"parallel": true` switches the parallel first copy on the way a user does
+(DYNSYNC_PARALLEL_READ=1 in the child's environment; `"ranges"` sets the number of key
+ranges). COPIED marks an entity's parallel read done, STAGED the whole fetch done (the stage
+closed, the store not yet opened for writing); KEYPAGE a page of the key read that brings
+the delta link, which `"token_pause_s"` slows: the copy then ends before it and commits
+without it, and the next cycle's end of that read can be killed.
 """
 
 from __future__ import annotations
@@ -88,23 +96,89 @@ def _instrument(page_pause_s: float, write_pause_s: float, publish_pause_s: floa
     publish_module.fill = paced_fill  # type: ignore[assignment]
 
 
+def _instrument_parallel(staged_pause_s: float, token_pause_s: float) -> None:
+    """Markers after each entity's parallel read and after the whole fetch; a slow key read."""
+    import dynsync_dagster.sync.parallel_read as parallel_module
+    from dynsync_dagster.sync.stage import Stage
+
+    read_all = parallel_module.read_all
+
+    def marked_read_all(read: Any, options: Any, mode: str) -> Any:
+        state = read_all(read, options, mode)
+        _mark(f"COPIED {read.entity}")
+        return state
+
+    parallel_module.read_all = marked_read_all  # type: ignore[assignment]
+
+    finish = Stage.finish
+
+    def marked_finish(self: Stage) -> None:
+        finish(self)
+        _mark("STAGED")
+        time.sleep(staged_pause_s)  # the stage is whole, the store's transaction not begun
+
+    Stage.finish = marked_finish  # type: ignore[method-assign]
+
+    from urllib.parse import parse_qs, urlsplit
+
+    from dynsync_dagster.dynamics.client import DynamicsClient
+
+    iter_link = DynamicsClient.iter_link
+
+    def paced_iter_link(self: DynamicsClient, link: str, **options: Any) -> Any:
+        pages = iter_link(self, link, **options)
+        if parse_qs(urlsplit(link).query).get("$select") not in (["contactid"], ["accountid"]):
+            return pages  # not a key read
+        return _paced_key_pages(pages, token_pause_s)
+
+    DynamicsClient.iter_link = paced_iter_link  # type: ignore[method-assign]
+
+
+def _paced_key_pages(pages: Any, pause_s: float) -> Any:
+    for page in pages:
+        _mark("KEYPAGE")
+        time.sleep(pause_s)
+        yield page
+
+
+def _options(job: dict[str, Any]) -> Any:
+    """The cycle's options; a parallel job reads its switch from the environment, as a
+    user's cycle does."""
+    import dataclasses
+
+    from dynsync_dagster.sync.cycle import CycleOptions
+    from dynsync_dagster.sync.parallel_read import ENV_SWITCH
+
+    if not job.get("parallel"):
+        return CycleOptions(trigger="crash-test")  # as the environment says
+    os.environ[ENV_SWITCH] = "1"
+    _instrument_parallel(job.get("staged_pause_s", 0.2), job.get("token_pause_s", 0.0))
+    options = CycleOptions(trigger="crash-test")
+    assert options.parallel is not None, "DYNSYNC_PARALLEL_READ=1 did not switch it on"
+    if job.get("ranges"):
+        parallel = dataclasses.replace(options.parallel, ranges=job["ranges"])
+        options = dataclasses.replace(options, parallel=parallel)
+    return options
+
+
 def _run(job: dict[str, Any]) -> int:
     from pathlib import Path
 
     from dynsync_dagster.settings import ConnectionSettings, SyncSettings
-    from dynsync_dagster.sync.cycle import CycleOptions, run_cycle
+    from dynsync_dagster.sync.cycle import run_cycle
 
     _instrument(
         job.get("page_pause_s", 0.03),
         job.get("write_pause_s", 0.3),
         job.get("publish_pause_s", 0.2),
     )
+    options = _options(job)
     conn = ConnectionSettings.from_env(job["env"])
     settings = SyncSettings(
         tuple(job["account_fields"]), tuple(job["contact_fields"]), job.get("limit", 5000)
     )
     _mark("READY")
-    run_cycle(conn, settings, Path(job["db"]), CycleOptions(trigger="crash-test"))
+    run_cycle(conn, settings, Path(job["db"]), options)
     _mark("DONE")
     return 0
 

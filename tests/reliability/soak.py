@@ -10,11 +10,23 @@ updates and another for local edits.
     uv run python -m tests.reliability.soak --cycles 200 --seed 1 --write-results
 
 `--write-results` rewrites tests/reliability/SOAK_RESULTS.md with this run's outcome.
+
+    uv run python -m tests.reliability.soak --cycles 200 --seed 1 --parallel-read
+
+`--parallel-read` runs every full read (the first cycle's, and each one a selection change or
+an expired delta token forces) as the parallel first copy of `sync/parallel_read.py`, as
+`DYNSYNC_PARALLEL_READ=1` does, with 2, 4 or 16 key ranges drawn per cycle (few ranges span
+several pages each). The simulator's request log says how each full read went: the soak
+fails if one went the other way than asked. With `--write-results` such a run replaces its
+seed's section of SOAK_RESULTS_PARALLEL.md. The threads' requests interleave in no fixed
+order, so a fault armed "after n requests" can land on another request than in a previous
+run of the same seed: a parallel run is repeatable in its changes, not request for request.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import platform
 import random
@@ -29,14 +41,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from dynsync_dagster.dynamics.errors import DynamicsError
+from dynsync_dagster.dynamics.fields import ENTITY_SET, PRIMARY_KEY
 from dynsync_dagster.settings import ConnectionSettings, SyncSettings
-from dynsync_dagster.simulator import DatasetSpec, Org, Simulator
+from dynsync_dagster.simulator import DatasetSpec, Org, RequestRecord, Simulator
 from dynsync_dagster.simulator import org as org_module
 from dynsync_dagster.simulator.schema import INDUSTRY_OPTIONS
 from dynsync_dagster.store.connection import open_store
-from dynsync_dagster.sync.cycle import CycleOptions, run_cycle
+from dynsync_dagster.sync import parallel_read
+from dynsync_dagster.sync.cycle import CycleOptions, CycleResult, run_cycle
 from dynsync_dagster.sync.local_edit import LocalEditError, set_account_field
 from tests.support import Sleeps, fast_client
 
@@ -50,6 +65,8 @@ from .model import (
 )
 
 RESULTS = Path(__file__).with_name("SOAK_RESULTS.md")
+PARALLEL_RESULTS = Path(__file__).with_name("SOAK_RESULTS_PARALLEL.md")
+RANGE_COUNTS = (2, 4, 16)  # key ranges of a parallel read; 16 is the product's default
 CONTACT_LIMIT = 6
 
 # Always selected (and the only ones edited locally); the optional ones come and go.
@@ -123,6 +140,12 @@ class SoakReport:
     peak_kept_out: int = 0
     pinned: int = 0
     thawed: Counter = field(default_factory=Counter)  # stale records that turned Yes again
+    parallel: bool = False  # full reads in parallel key ranges (--parallel-read)
+    # full reads per entity, as the simulator's request log shows them: "parallel" (key
+    # ranges and the key read for the delta link) or "sequential" (one page at a time)
+    full_reads: Counter = field(default_factory=Counter)
+    range_requests: int = 0  # requests of parallel reads: key ranges and key reads
+    parallel_events: Counter = field(default_factory=Counter)  # see check_full_reads
     seconds: float = 0.0
 
 
@@ -424,6 +447,69 @@ def _rows(table: str, got: dict, want: dict, names: list[str]) -> list[str]:
     return out
 
 
+# ---- how the full reads went, from the simulator's request log ---------------------------------------
+
+
+def full_read_kinds(requests: list[RequestRecord], entity: str) -> Counter:
+    """How a cycle's requests read `entity` whole: "parallel" requests (a key range, or the
+    key read that brings the delta link) and "sequential" ones (the change-tracked read of
+    every column, or the pages after its checkpoint). Delta polls and `modifiedon` reads
+    (cursors, backfills) are neither. The soak's tables have change tracking: a sequential
+    full read of a table without it would also be ordered by the key.
+
+    Also "resumed": parts of a parallel read (a range, the key read) that went on from a
+    saved page link without starting over in this cycle: a failed read's successor, or
+    the key read a copy left for the next cycle."""
+    kinds: Counter = Counter()
+    entity_set, key = ENTITY_SET[entity], PRIMARY_KEY[entity]
+    started, went_on = set(), set()
+    for record in requests:
+        path = urlsplit(record.path)
+        if record.method != "GET" or not path.path.endswith(f"/{entity_set}"):
+            continue
+        query = parse_qs(path.query)
+        if "$deltatoken" in query or "modifiedon" in query.get("$filter", [""])[0]:
+            continue
+        if query.get("$select") == [key] or query.get("$orderby", [""])[0].startswith(key):
+            kinds["parallel"] += 1
+            part = (query.get("$select") == [key], query.get("$filter", [""])[0])
+            (went_on if "$skiptoken" in query else started).add(part)
+        else:
+            kinds["sequential"] += 1
+    kinds["resumed"] = len(went_on - started)
+    return kinds
+
+
+def check_full_reads(
+    requests: list[RequestRecord], report: SoakReport, result: CycleResult | None, fault: str
+) -> list[str]:
+    """Count the cycle's full reads by how they went; one that went the other way than the
+    run asked (parallel or not) is a problem."""
+    problems = []
+    for entity in ("contact", "account"):
+        if result is not None and not result.plan.change_tracking[entity]:
+            problems.append(f"{entity}: the soak expects change tracking")
+        kinds = full_read_kinds(requests, entity)
+        report.range_requests += kinds["parallel"]
+        for kind in ("parallel", "sequential"):
+            report.full_reads[f"{entity} {kind}"] += kinds[kind] > 0
+        events = report.parallel_events
+        events["parts resumed from a saved page link"] += kinds["resumed"]
+        if kinds["parallel"] and fault != "none":
+            events[f"{entity} reads with a fault armed"] += 1
+            events[f"{entity} reads failed with their cycle"] += result is None
+        state = result.reader_states.get(entity) if result is not None else None
+        if state is not None and state.mode == parallel_read.TRACKING:
+            events["copies committed before their key read ended"] += 1
+        wrong = "sequential" if report.parallel else "parallel"
+        if kinds[wrong]:
+            problems.append(
+                f"{entity}: {kinds[wrong]} requests of a {wrong} full read "
+                f"({'with' if report.parallel else 'without'} --parallel-read)"
+            )
+    return problems
+
+
 # ---- the soak ------------------------------------------------------------------------------------
 
 
@@ -554,16 +640,18 @@ def run_soak(
     workdir: Path,
     log: Callable[[str], None] = lambda _: None,
     kept_out_too: bool = True,
+    parallel: bool = False,
 ) -> SoakReport:
     """Run the soak; raises SoakMismatch at the first cycle where store and model disagree.
-    `kept_out_too`: local edits also through contacts of accounts the sync filter kept out."""
+    `kept_out_too`: local edits also through contacts of accounts the sync filter kept out.
+    `parallel`: every full read in parallel key ranges (the module's note)."""
     # The simulator names new records with uuid4; seeded ids make a run repeatable (the random
     # choices below pick among ids in sorted order). Only the org's own uuid is swapped: other
     # threads (the server, its prefetcher) draw ids in no fixed order.
     real = org_module.uuid
     org_module.uuid = _SeededUuid(random.Random(seed + 1))  # type: ignore[assignment]
     try:
-        return _soak(cycles, seed, workdir, log, kept_out_too)
+        return _soak(cycles, seed, workdir, log, kept_out_too, parallel)
     finally:
         org_module.uuid = real
 
@@ -609,6 +697,19 @@ class _Soak:
     history: list[str] = field(default_factory=list)
     last_fields: str = ""
     kept_out_too: bool = True  # try edits through contacts of kept-out accounts (refused)
+    # --parallel-read: the key ranges per cycle come from their own generator, so a parallel
+    # run makes the same changes, edits and faults as a sequential one of the same seed
+    ranges: random.Random | None = None
+    result: CycleResult | None = None
+
+    def parallel(self) -> parallel_read.ParallelRead | None:
+        """How this cycle reads a table whole: what DYNSYNC_PARALLEL_READ=1 asks for, with a
+        drawn number of key ranges; None (sequential) without --parallel-read."""
+        if self.ranges is None:
+            return None
+        on = parallel_read.from_env({parallel_read.ENV_SWITCH: "1"})
+        assert on is not None
+        return dataclasses.replace(on, ranges=self.ranges.choice(RANGE_COUNTS))
 
     def prepare(self, n: int) -> tuple[list[str], list[str], str, bool, bool]:
         """A block segment, local edits, Dynamics changes, a selection change and a fault
@@ -636,10 +737,16 @@ class _Soak:
         return problems, step, fault, must_succeed, backfill
 
     def run(self, backfill: bool, problems: list[str]) -> BaseException | None:
-        options = CycleOptions(trigger="soak", window=EVERYTHING if backfill else None)
+        window = EVERYTHING if backfill else None
+        # Explicit either way: DYNSYNC_PARALLEL_READ in the soak's environment changes nothing.
+        options = CycleOptions(trigger="soak", window=window, parallel=self.parallel())
+        self.result = None
+        self.sim.requests.clear()  # the log of this cycle's requests only (check_full_reads)
         with fast_client(self.conn, Sleeps(), attempts=4, budget_s=30) as client:
             try:
-                run_cycle(self.conn, self.selection.settings(), self.db, options, client=client)
+                self.result = run_cycle(
+                    self.conn, self.selection.settings(), self.db, options, client=client
+                )
             except DynamicsError as exc:
                 return exc
             except Exception as exc:  # anything else is a finding, reported below
@@ -663,6 +770,7 @@ class _Soak:
         self.history.append(line)
         log(line)
         problems += self.judge(n, error, must_succeed)
+        problems += check_full_reads(list(self.sim.requests), self.report, self.result, fault)
         problems += compare(self.db, self.model)
         if problems:
             shown = "\n  ".join(problems[:25])
@@ -701,14 +809,20 @@ class _Soak:
 
 
 def _soak(
-    cycles: int, seed: int, workdir: Path, log: Callable[[str], None], kept_out_too: bool
+    cycles: int,
+    seed: int,
+    workdir: Path,
+    log: Callable[[str], None],
+    kept_out_too: bool,
+    parallel: bool,
 ) -> SoakReport:
-    report = SoakReport(seed=seed, cycles=cycles)
+    report = SoakReport(seed=seed, cycles=cycles, parallel=parallel)
     started = time.monotonic()
     db = workdir / "store" / "dynsync.duckdb"
     with Simulator(_soak_org(seed), state_dir=workdir / "sim", max_page_size=10) as sim:
         conn = ConnectionSettings.from_env(sim.env())
         soak = _Soak(sim, conn, db, random.Random(seed), report, kept_out_too=kept_out_too)
+        soak.ranges = random.Random(seed + 2) if parallel else None
         for n in range(1, cycles + 1):
             soak.cycle(n, log)
     report.activity_rows = Counter(row[5] for row in soak.model.activity)
@@ -725,7 +839,14 @@ def results_markdown(report: SoakReport, command: str) -> str:
     rows = ", ".join(f"{k} {v}" for k, v in sorted(report.activity_rows.items()))
     blocks = ", ".join(f"{k} {v}" for k, v in sorted(report.block_segments.items()))
     peak = report.peak_stale
-    return f"""# Model-based soak: last result
+    reads = ", ".join(f"{k} {v}" for k, v in sorted(report.full_reads.items()) if v) or "none"
+    events = ", ".join(f"{k} {v}" for k, v in sorted(report.parallel_events.items()) if v)
+    title = (
+        f"## Seed {report.seed}, every full read in parallel key ranges"
+        if report.parallel
+        else "# Model-based soak: last result"
+    )
+    return f"""{title}
 
 `{command}` (the reference model is `tests/reliability/model.py`; the runner `soak.py`).
 
@@ -741,6 +862,7 @@ def results_markdown(report: SoakReport, command: str) -> str:
 | Block Field Updates segments | {blocks}; {report.pinned} values kept on contacts by a dynamics_sync block |
 | field selection / security changes | {report.selection_changes} |
 | backfill cycles (a catch-up, then a date range re-read) | {report.backfills} |
+| cycles with full reads, by how the request log shows them | {reads}; {report.range_requests} requests of parallel reads (key ranges and key reads){"; " + events if events else ""} |
 | activity rows compared | {rows} |
 | rows kept out of the log by the contact limit ({CONTACT_LIMIT}) | {report.suppressed_rows} |
 | compared after every cycle | accounts (key, deleted flag, `sync_filtered`, versionnumber, synced fields), contacts (key, deleted flag, account, `sync_filtered`, own fields, every `account_<field>`), which field columns exist, `filtered_records`, the activity log row for row on (contactid, accountid, attribute, old_value, new_value, source), and the rows recorded as suppressed |
@@ -762,12 +884,21 @@ def main(argv: list[str] | None = None) -> int:
         "(by default they are tried, and both the store and the model must refuse them)",
     )
     parser.add_argument(
-        "--write-results", action="store_true", help=f"rewrite {RESULTS.name} with the outcome"
+        "--parallel-read",
+        action="store_true",
+        help="every full read in parallel key ranges, as DYNSYNC_PARALLEL_READ=1 does",
+    )
+    parser.add_argument(
+        "--write-results",
+        action="store_true",
+        help=f"rewrite {RESULTS.name} with the outcome (with --parallel-read: this seed's "
+        f"section of {PARALLEL_RESULTS.name})",
     )
     args = parser.parse_args(argv)
     # Retries and re-reads are expected here; the per-cycle line says what happened.
     logging.getLogger("dynsync").setLevel(logging.ERROR)
     command = f"uv run python -m tests.reliability.soak --cycles {args.cycles} --seed {args.seed}"
+    command += " --parallel-read" if args.parallel_read else ""
     with tempfile.TemporaryDirectory(prefix="dynsync-soak-") as tmp:
         try:
             report = run_soak(
@@ -776,15 +907,39 @@ def main(argv: list[str] | None = None) -> int:
                 Path(tmp),
                 log=(lambda _: None) if args.quiet else print,
                 kept_out_too=args.edit_kept_out,
+                parallel=args.parallel_read,
             )
         except SoakMismatch as exc:
             print(f"FAIL: {exc}", file=sys.stderr)
             return 1
     text = results_markdown(report, command)
     print(text)
-    if args.write_results:
+    if args.write_results and args.parallel_read:
+        write_section(PARALLEL_RESULTS, f"seed {args.seed}", text)
+    elif args.write_results:
         RESULTS.write_text(text)
     return 0
+
+
+PARALLEL_HEADER = """# Model-based soak with parallel first copies: last result per seed
+
+Each section is written by `python -m tests.reliability.soak --parallel-read --write-results`
+for its seed (between its markers); the sequential soak's result is in SOAK_RESULTS.md.
+"""
+
+
+def write_section(path: Path, name: str, text: str) -> None:
+    """Put `text` between the markers of section `name` in `path`, keeping the other sections
+    (in order of their names)."""
+    sections: dict[str, str] = {}
+    old = path.read_text() if path.exists() else ""
+    for chunk in old.split("<!-- ")[1:]:
+        head, _, body = chunk.partition(":start -->\n")
+        if body:
+            sections[head] = body.rsplit(f"<!-- {head}:end -->", 1)[0].rstrip("\n")
+    sections[name] = text.rstrip("\n")
+    parts = [f"<!-- {k}:start -->\n{v}\n<!-- {k}:end -->\n" for k, v in sorted(sections.items())]
+    path.write_text(PARALLEL_HEADER + "\n" + "\n".join(parts))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ in and reads metadata, while it fetches pages, while it merges inside the DuckDB
 or around the commit. Then a normal cycle runs on the same store, and a control store that
 never crashed runs the same cycle; both must hold the same rows and the same activity rows,
 none twice.
+
+The parallel first copy (DYNSYNC_PARALLEL_READ=1) is killed the same way at its own points:
+while its ranges are staged, after one entity's copy, after the whole copy before the commit,
+during the commit, and in the cycle that finishes the key read a copy left for later.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from dynsync_dagster.settings import SyncSettings
 from dynsync_dagster.simulator import Simulator
 from dynsync_dagster.store.connection import open_store
+from dynsync_dagster.sync.parallel_read import TRACKING, ParallelRead
 from tests.support import (
     ACCOUNT_FIELDS,
     BOOKKEEPING,
@@ -142,3 +147,109 @@ def test_changes_while_a_killed_full_read_waits_to_resume_are_not_lost(tmp_path:
             for table in ("accounts", "contacts"):
                 assert _alive(got[table], store, table) == _alive(want[table], control, table)
             assert len(set(got["activity_log"])) == len(got["activity_log"])
+
+
+# A parallel first copy killed at one point each round: (how the round needs a full read, the
+# marker to wait for, which time it is seen, the longest extra delay after it).
+PARALLEL_KILLS = (
+    ("new store", "FETCH", 2, 0.03),  # the first ranges' pages of a first copy
+    ("expired", "FETCH", 9, 0.03),  # mid-ranges, around the stage's first checkpoint commit
+    ("selection", "FETCH", 3, 0.03),  # a field taken out: mid-way through the accounts' ranges
+    ("expired", "COPIED", 1, 0.03),  # contacts copied, accounts not begun
+    ("new store", "STAGED", 1, 0.15),  # the copy whole and staged, before the commit
+    ("expired", "MERGED", 1, 0.25),  # the open transaction, COMMIT, checkpoint
+    # The copy committed without its key read (state "tracking"); the next cycle, which
+    # finishes that read and polls its delta link, is killed.
+    ("tracking", "KEYPAGE", 2, 0.05),
+    ("tracking", "MERGED", 1, 0.25),
+)
+RANGES = 4  # ranges of ~18 contacts: 2 or 3 pages of 8 each
+
+
+def test_sigkill_during_a_parallel_first_copy_leaves_the_store_whole(tmp_path: Path) -> None:
+    """Each kill leaves the store as it was or fully updated (a reader never sees half a
+    copy), and the next cycle, parallel again, reaches Dynamics' state exactly: that of a
+    control store that only ever read one page at a time."""
+    settings, generation = sync_settings(limit=8), 0
+    store, control = _stores(tmp_path, generation)
+    with (
+        Simulator(TINY, state_dir=tmp_path / "sim", max_page_size=8) as sim,
+        Zygote(tmp_path) as zygote,
+    ):
+        job = _parallel_job(sim, store, settings)
+        for round_no, (need, marker, nth, longest) in enumerate(PARALLEL_KILLS):
+            rng = random.Random(7000 + round_no)
+            changes = _dynamics_changes(sim, rng) if round_no else []
+            if need == "new store":
+                generation += 1
+                store, control = _stores(tmp_path, generation)
+            elif need == "expired":
+                sim.org.expire_delta_tokens()
+            elif need == "selection":
+                settings = _other_selection(settings)
+            elif need == "tracking":
+                _commit_without_the_key_read(sim, zygote, store, settings)
+                cycle(sim, control, settings, parallel=None)
+                changes += _dynamics_changes(sim, rng)
+            job = _parallel_job(sim, store, settings, token_pause_s=0.03)
+            before = canonical(store) if store.exists() else None
+            requests = len(sim.requests)
+            delay = rng.uniform(0, longest)
+            outcome = zygote.run(job, marker, delay, nth=nth)
+            where = f"round {round_no} ({need}): kill {delay:.3f}s after {marker} #{nth}"
+            assert outcome.killed, f"{where}: not killed, saw {outcome.markers}; {zygote.stderr()}"
+            if need != "tracking":  # the killed cycle read in key ranges, not page by page
+                assert _range_requests(sim, requests), where
+
+            cycle(sim, control, settings, parallel=None)
+            want = canonical(control)
+            after_kill = canonical(store) if store.exists() else None
+            assert after_kill in (before, want), f"{where}: half a cycle; {outcome.markers}"
+            result = cycle(sim, store, settings, parallel=ParallelRead(ranges=RANGES))
+            got = canonical(store)
+            for table in want:
+                assert got[table] == want[table], f"{where}; changes {changes}; table {table}"
+            assert len(set(got["activity_log"])) == len(got["activity_log"]), where
+            assert result.reader_states["contact"].mode in ("delta", TRACKING), where
+
+
+def _stores(tmp_path: Path, generation: int) -> tuple[Path, Path]:
+    return (
+        tmp_path / f"store{generation}" / "dynsync.duckdb",
+        tmp_path / f"control{generation}" / "dynsync.duckdb",
+    )
+
+
+def _parallel_job(sim: Simulator, store: Path, settings: SyncSettings, **extra: float) -> dict:
+    job = crash_job(sim, store, settings, page_pause_s=0.02, write_pause_s=0.3)
+    return {**job, "parallel": True, "ranges": RANGES, **extra}
+
+
+def _other_selection(settings: SyncSettings) -> SyncSettings:
+    """Take an optional account field out, or put it back: a full read of accounts."""
+    fields = settings.account_fields
+    if "description" in fields:
+        fields = tuple(f for f in fields if f != "description")
+    else:
+        fields = (*fields, "description")
+    return sync_settings(fields, settings.contact_fields, settings.activity_log_contact_limit)
+
+
+def _commit_without_the_key_read(
+    sim: Simulator, zygote: Zygote, store: Path, settings: SyncSettings
+) -> None:
+    """A parallel re-read whose key read (for the delta link) is slow: the copy commits
+    without it, in state "tracking", and the next cycle finishes it."""
+    sim.org.expire_delta_tokens()
+    job = _parallel_job(sim, store, settings, token_pause_s=0.15)
+    outcome = zygote.run(job, None)
+    assert outcome.status == 0 and "DONE" in outcome.markers, zygote.stderr()
+    with open_store(store, read_only=True) as con:
+        mode = con.execute("SELECT mode FROM sync_state WHERE entity = 'contact'").fetchone()
+    assert mode == (TRACKING,), mode
+
+
+def _range_requests(sim: Simulator, since: int) -> int:
+    """Requests for key ranges of contacts or accounts after the first `since` of the log."""
+    paths = [r.path for r in list(sim.requests)[since:]]
+    return sum("$orderby=contactid" in p or "$orderby=accountid" in p for p in paths)
