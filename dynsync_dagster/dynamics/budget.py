@@ -8,9 +8,18 @@ share of each limit (80% by default) instead of racing to the 429s:
 - at most `share * 52` requests in flight, and fewer while the window is full;
 - the concurrency it allows grows by one per answered request while the user's window (the
   `x-ms-ratelimit-*-remaining` headers Dataverse sends with most answers, section 2) is
-  below the share, and shrinks by one per answer above it. Microsoft calls those headers a
-  debugging aid, so without them only 429s steer it; over the share, requests go one at a
-  time (a sequential reader's pace) until an answer shows room again;
+  below the share. Microsoft calls those headers a debugging aid, so without them only 429s
+  steer it;
+- the requests in flight count too: a request is charged when it ends, so 40 pages in
+  flight that cost 12 s each add 480 s the headers do not show yet. The window's used time
+  divided by its requests (both headers) estimates what one costs, and a request starts
+  only if the window, with it and those in flight charged, stays within the share;
+- over the share, nothing is in flight and one request every tenth of a window looks
+  whether charges have left it (a window's length in real seconds is estimated from what a
+  request costs and how long it takes, so it holds on a sped-up simulator too). A reader
+  that sent one request at a time instead spent a server-second per second on top of a
+  full share until the window drained, and met the 1,200 s limit before it did; without the
+  headers it still goes one at a time;
 - a 429 pauses every request of the read until its `Retry-After` has passed (the doc's
   "pause all requests for that user") and halves the concurrency.
 
@@ -29,6 +38,7 @@ from dataclasses import dataclass
 CONCURRENCY_LIMIT = 52
 EXECUTION_LIMIT_S = 1200.0
 REQUEST_LIMIT = 6000
+WINDOW_S = 300.0
 TIME_LEFT = "x-ms-ratelimit-time-remaining-xrm-requests"  # milliseconds, "1,234.56"
 REQUESTS_LEFT = "x-ms-ratelimit-burst-remaining-xrm-requests"
 
@@ -66,6 +76,25 @@ class BudgetStats:
     peak_in_flight: int = 0
     paused_s: float = 0.0  # time some request waited for a Retry-After to pass
     window_used: float = 0.0  # last seen share of the execution-time budget in use
+    peak_window_used: float = 0.0  # the highest share of it seen in use
+
+
+@dataclass
+class _Window:
+    """What the latest answer's headers said of the user's window."""
+
+    used_s: float | None = None  # execution time in use, server-seconds
+    cost_s: float | None = None  # what one request costs: used time / requests in the window
+    seen_at: float = 0.0  # when that answer came, on the budget's clock
+    duration_s: float | None = None  # how long a request of this read takes (moving mean)
+
+    def length(self) -> float | None:
+        """The 300 s window on the budget's clock: a request's duration per server-second
+        it costs (about 1 on a real org, 1/N on a simulator whose clock runs N times real
+        time). The mean cost counts cheap requests too, so it errs long: a late look."""
+        if not self.cost_s or not self.duration_s:
+            return None
+        return WINDOW_S * self.duration_s / self.cost_s
 
 
 class Budget:
@@ -82,6 +111,7 @@ class Budget:
         self._in_flight = 0
         self._paused_until = 0.0
         self._over_share = False
+        self._window = _Window()
 
     @property
     def allowed(self) -> int:
@@ -92,14 +122,14 @@ class Budget:
     def request(self) -> Iterator[Callable[[int, Mapping[str, str]], None]]:
         """Hold a slot for one request; call the yielded function with the answer's status
         and headers (a request that raised without an answer just frees its slot)."""
-        self._enter()
+        started = self._enter()
         answered: list[tuple[int, Mapping[str, str]]] = []
         try:
             yield lambda status, headers: answered.append((status, headers))
         finally:
-            self._leave(*(answered[-1] if answered else (0, {})))
+            self._leave(started, *(answered[-1] if answered else (0, {})))
 
-    def _enter(self) -> None:
+    def _enter(self) -> float:
         with self._cond:
             while True:
                 now = self._clock()
@@ -108,23 +138,40 @@ class Budget:
                     self.stats.paused_s += wait
                     self._cond.wait(wait)
                     continue
-                # Over the share, one request at a time still goes: its answer says when
-                # the window has room again.
-                room = 1 if self._over_share else self._allowed
-                if self._in_flight < room:
+                wait = self._wait_for_room(now)
+                if wait <= 0:
                     break
-                self._cond.wait(0.5)
+                self._cond.wait(min(wait, 0.5))
             self._in_flight += 1
             self.stats.requests += 1
             self.stats.peak_in_flight = max(self.stats.peak_in_flight, self._in_flight)
+            return now
 
-    def _leave(self, status: int, headers: Mapping[str, str]) -> None:
+    def _wait_for_room(self, now: float) -> float:
+        """0 if one more request may start now, else how long to wait before looking again."""
+        w = self._window
+        if w.used_s is None or w.cost_s is None or self._over_share:
+            # No cost estimate (or the request budget is the tight one): over the share,
+            # one request at a time, whose answer says when the window has room again.
+            room = 1 if self._over_share else self._allowed
+            return 0.0 if self._in_flight < room else 0.5
+        projected = w.used_s + (self._in_flight + 1) * w.cost_s
+        if projected <= self.share.share * self.share.execution_limit_s:
+            return 0.0 if self._in_flight < self._allowed else 0.5
+        if self._in_flight:
+            return 0.5  # their answers will show the window
+        # Over the share with nothing in flight: one request a tenth of a window after the
+        # last answer, to see whether charges have left the window.
+        length = w.length()
+        return 0.0 if length is None else w.seen_at + length / 10 - now
+
+    def _leave(self, started: float, status: int, headers: Mapping[str, str]) -> None:
         with self._cond:
             self._in_flight -= 1
             if status == 429:
                 self._throttled(headers)
             elif status:
-                self._steer(headers)
+                self._steer(headers, self._clock(), started)
             self._cond.notify_all()
 
     def _throttled(self, headers: Mapping[str, str]) -> None:
@@ -135,17 +182,38 @@ class Budget:
         self._paused_until = max(self._paused_until, self._clock() + wait)
         self._allowed = max(1, self._allowed // 2)
 
-    def _steer(self, headers: Mapping[str, str]) -> None:
+    def _steer(self, headers: Mapping[str, str], now: float, started: float) -> None:
         used = _window_used(headers, self.share)
         if used is None:  # no headers: grow until a 429 says otherwise
             self._allowed = min(self.share.ceiling, self._allowed + 1)
             return
         self.stats.window_used = used
-        self._over_share = used >= self.share.share
-        if self._over_share:
-            self._allowed = max(1, self._allowed - 1)
-        else:
+        self.stats.peak_window_used = max(self.stats.peak_window_used, used)
+        self._learn(headers, now, now - started)
+        over_time = used >= self.share.share
+        requests_left = _number(headers.get(REQUESTS_LEFT))
+        over_requests = requests_left is not None and (
+            1 - requests_left / self.share.request_limit >= self.share.share
+        )
+        # With a cost estimate, the projection of _wait_for_room steers the time budget.
+        self._over_share = over_requests or (over_time and self._window.cost_s is None)
+        if not over_time and not over_requests:
             self._allowed = min(self.share.ceiling, self._allowed + 1)
+
+    def _learn(self, headers: Mapping[str, str], now: float, duration_s: float) -> None:
+        """Update the window as the answer's headers show it, and this read's charges."""
+        w = self._window
+        time_left = _number(headers.get(TIME_LEFT))
+        requests_left = _number(headers.get(REQUESTS_LEFT))
+        if time_left is None:
+            return
+        w.used_s = max(0.0, self.share.execution_limit_s - time_left / 1000)
+        w.seen_at = now
+        w.duration_s = duration_s if w.duration_s is None else 0.9 * w.duration_s + 0.1 * duration_s
+        if requests_left is not None and w.used_s > 0:
+            # Requests in flight are counted on arrival but charged when they end.
+            done = self.share.request_limit - requests_left - self._in_flight
+            w.cost_s = w.used_s / max(1.0, done)
 
 
 def _window_used(headers: Mapping[str, str], share: BudgetShare) -> float | None:

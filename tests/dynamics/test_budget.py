@@ -28,14 +28,104 @@ def test_the_share_caps_concurrency_at_a_share_of_52() -> None:
         BudgetShare(share=1.5)
 
 
-def test_concurrency_grows_below_the_share_and_shrinks_above_it() -> None:
+def test_concurrency_grows_below_the_share_and_stops_above_it() -> None:
     budget = Budget(BudgetShare(start_concurrent=2, max_concurrent=5))
     for _ in range(10):
         answer(budget, 200, window(0.1))
     assert budget.allowed == 5  # grew to the ceiling, not past it
     answer(budget, 200, window(0.85))
-    assert budget.allowed == 4
-    assert budget.stats.window_used == pytest.approx(0.85)
+    assert budget.allowed == 5  # held: the projection of the window stops new requests
+    answer(budget, 200, window(0.3))
+    assert budget.stats.window_used == pytest.approx(0.3)
+    assert budget.stats.peak_window_used == pytest.approx(0.85)
+
+
+class Clock:
+    """The budget's clock, moved by the test (waits still pass in real time)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def charged(used_s: float, requests: int) -> dict[str, str]:
+    """Headers after `requests` requests in the window that were charged `used_s` in all."""
+    return {TIME_LEFT: f"{(1200 - used_s) * 1000:,.2f}", REQUESTS_LEFT: str(6000 - requests)}
+
+
+def enter_in_threads(budget: Budget, n: int) -> tuple[list[threading.Event], threading.Event]:
+    """n threads that each enter one request and hold it until `release` is set."""
+    entered = [threading.Event() for _ in range(n)]
+    release = threading.Event()
+
+    def hold(event: threading.Event) -> None:
+        with budget.request() as answered:
+            event.set()
+            release.wait(10)
+            answered(200, {})
+
+    for event in entered:
+        threading.Thread(target=hold, args=(event,), daemon=True).start()
+    return entered, release
+
+
+def burst(budget: Budget, clock: Clock, n: int, cost_s: float, took_s: float) -> None:
+    """n requests sent at once, answered `took_s` later, each charged `cost_s`."""
+    slots = [budget.request() for _ in range(n)]
+    answers = [slot.__enter__() for slot in slots]
+    clock.now += took_s
+    for k, (slot, answered) in enumerate(zip(slots, answers, strict=True), start=1):
+        answered(200, charged(k * cost_s, n))
+        slot.__exit__(None, None, None)
+
+
+def test_requests_in_flight_count_against_the_share() -> None:
+    # 600 s of the window used by 6 requests: 100 s each. The share (80%: 960 s) leaves room
+    # for three more charged when they end, so a fourth waits though 10 are allowed.
+    clock = Clock()
+    budget = Budget(BudgetShare(start_concurrent=10, max_concurrent=10), clock=clock)
+    burst(budget, clock, 6, cost_s=100, took_s=10)
+    entered, release = enter_in_threads(budget, 5)
+    time.sleep(0.5)
+    assert sum(e.is_set() for e in entered) == 3
+    release.set()
+    assert all(e.wait(5) for e in entered)
+
+
+def test_over_the_share_it_waits_then_one_request_looks() -> None:
+    # Nine requests of 100 s each took 10 s: the window (300 server-s) lasts 30 s on this
+    # clock. At 900 s used one more would pass the 960 s share: nothing goes for a tenth of
+    # a window, then one request alone, whose answer shows the window.
+    clock = Clock()
+    budget = Budget(BudgetShare(start_concurrent=9, max_concurrent=10), clock=clock)
+    burst(budget, clock, 9, cost_s=100, took_s=10)
+    assert budget.stats.peak_window_used == pytest.approx(0.75)
+    entered, release = enter_in_threads(budget, 2)
+    clock.now = 12.9
+    time.sleep(0.6)
+    assert not any(e.is_set() for e in entered)  # a one-at-a-time reader would have sent
+    clock.now = 13.0
+    time.sleep(0.8)
+    assert sum(e.is_set() for e in entered) == 1
+    release.set()
+    assert all(e.wait(5) for e in entered)
+    assert budget.stats.peak_in_flight == 9
+
+
+def test_charges_leaving_the_window_reopen_it() -> None:
+    clock = Clock()
+    budget = Budget(BudgetShare(start_concurrent=9, max_concurrent=10), clock=clock)
+    burst(budget, clock, 9, cost_s=100, took_s=10)
+    clock.now = 40.0  # the look: the burst has left the window, the answer says so
+    with budget.request() as answered:
+        clock.now = 50.0
+        answered(200, charged(100, 1))
+    entered, release = enter_in_threads(budget, 9)
+    time.sleep(0.6)
+    assert sum(e.is_set() for e in entered) == 8  # 100 s used + 8 x 100 s in flight <= 960
+    release.set()
 
 
 def test_over_the_share_one_request_at_a_time() -> None:
