@@ -32,6 +32,7 @@ class Run:
     rss_mb: float | None
     process_s: float
     detail: dict[str, Any]
+    cpu_s: float | None = None  # user + system CPU seconds of the whole process (os.wait4)
 
 
 @dataclasses.dataclass
@@ -67,6 +68,17 @@ class Figure:
     @property
     def records(self) -> float | None:
         return self.median("records")
+
+
+@dataclasses.dataclass
+class _Spawned:
+    """How a measured process ended."""
+
+    code: int
+    rss_mb: float
+    killed: bool
+    cpu_s: float
+    process_s: float = 0.0
 
 
 class ChildFailed(RuntimeError):
@@ -194,29 +206,70 @@ class Bench:
         """
         sim_cpu = sim.cpu_s() if sim is not None else None
         cmd, out_path, log_path = self._prepare(task, payload)
+        spawned = self._spawn(task, cmd, env, log_path)
+        if not out_path.exists():
+            raise ChildFailed(f"{task}: no result written\n{tail(log_path)}")
+        result = json.loads(out_path.read_text())
+        self._context(result, sim, sim_cpu)
+        return Run(
+            wall_s=float(result.pop("wall_s")),
+            records=int(result.pop("records")),
+            rss_mb=spawned.rss_mb,
+            process_s=spawned.process_s,
+            detail=result,
+            cpu_s=spawned.cpu_s,
+        )
+
+    def command(
+        self,
+        label: str,
+        cmd: list[str],
+        env: Mapping[str, str],
+        sim: SimProcess | None = None,
+    ) -> Run:
+        """Run a user's command as it is (`dynsync sync`), measured from spawn to exit.
+
+        wall_s is the whole process's life (interpreter start, imports, everything it does);
+        `records` is 0 until the caller counts what it did.
+        """
+        self._n += 1
+        log_path = self.logs / f"{self._n:03d}-{label}.log"
+        sim_cpu = sim.cpu_s() if sim is not None else None
+        spawned = self._spawn(label, cmd, env, log_path)
+        detail: dict[str, Any] = {"output": tail(log_path, 2)}
+        self._context(detail, sim, sim_cpu)
+        return Run(
+            wall_s=spawned.process_s,
+            records=0,
+            rss_mb=spawned.rss_mb,
+            process_s=spawned.process_s,
+            detail=detail,
+            cpu_s=spawned.cpu_s,
+        )
+
+    def _spawn(
+        self, label: str, cmd: list[str], env: Mapping[str, str], log_path: Path
+    ) -> _Spawned:
+        """Start `cmd` and wait for it: spawn-to-exit seconds, peak RSS and CPU seconds."""
         started = time.perf_counter()
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=self.env(env)
             )
-        code, rss_mb, killed = self._wait(proc)
-        process_s = time.perf_counter() - started
-        if killed:
-            raise ChildFailed(f"{task}: killed after {self.timeout_s:.0f}s\n{tail(log_path)}")
-        if code != 0 or not out_path.exists():
-            raise ChildFailed(f"{task}: exit code {code}\n{tail(log_path)}")
-        result = json.loads(out_path.read_text())
+        spawned = self._wait(proc)
+        spawned.process_s = time.perf_counter() - started
+        if spawned.killed:
+            raise ChildFailed(f"{label}: killed after {self.timeout_s:.0f}s\n{tail(log_path)}")
+        if spawned.code != 0:
+            raise ChildFailed(f"{label}: exit code {spawned.code}\n{tail(log_path)}")
+        return spawned
+
+    @staticmethod
+    def _context(detail: dict[str, Any], sim: SimProcess | None, sim_cpu: float | None) -> None:
         # Other processes on the machine skew every figure: keep the load next to each run.
-        result["load_1m"] = round(os.getloadavg()[0], 2)
-        if sim_cpu is not None and (after := sim.cpu_s()) is not None:
-            result["sim_cpu_s"] = round(after - sim_cpu, 2)
-        return Run(
-            wall_s=float(result.pop("wall_s")),
-            records=int(result.pop("records")),
-            rss_mb=rss_mb,
-            process_s=process_s,
-            detail=result,
-        )
+        detail["load_1m"] = round(os.getloadavg()[0], 2)
+        if sim is not None and sim_cpu is not None and (after := sim.cpu_s()) is not None:
+            detail["sim_cpu_s"] = round(after - sim_cpu, 2)
 
     def _prepare(self, task: str, payload: dict[str, Any]) -> tuple[list[str], Path, Path]:
         """The child's command line (its payload written to a file), its output and log."""
@@ -228,8 +281,12 @@ class Bench:
         cmd += ["--payload", str(payload_path), "--out", str(out_path)]
         return cmd, out_path, self.logs / f"{stem}.log"
 
-    def _wait(self, proc: subprocess.Popen) -> tuple[int, float, bool]:
-        """(exit code, peak RSS in MB, killed) once the child ends or is killed at the timeout."""
+    def _wait(self, proc: subprocess.Popen) -> _Spawned:
+        """Exit code, peak RSS and CPU once the child ends or is killed at the timeout.
+
+        os.wait4's ru_maxrss is the largest resident set of the child or of any descendant it
+        waited for: the peak of the biggest single process, not of the tree's sum.
+        """
         killed = threading.Event()
 
         def kill() -> None:
@@ -244,7 +301,12 @@ class Bench:
         finally:
             timer.cancel()
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-        return proc.returncode, usage.ru_maxrss / 1024, killed.is_set()  # Linux: kilobytes
+        return _Spawned(
+            code=proc.returncode,
+            rss_mb=usage.ru_maxrss / 1024,  # Linux: kilobytes
+            killed=killed.is_set(),
+            cpu_s=round(usage.ru_utime + usage.ru_stime, 2),
+        )
 
     def measure(self, fig: Figure, repeat: int, once: Callable[[int], Run]) -> Figure:
         """Call `once(i)` `repeat` times; a failure is recorded on the figure, not raised."""

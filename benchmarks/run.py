@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         from tasks import run_child
 
         return run_child(args.child, args.payload, args.out)
-    from report import render
+    from report import keep_other_sections, render
     from scenarios import run_all
 
     started = datetime.now(UTC)
@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         out = run_all(args, work)
         text = render(args, out, started, time.perf_counter() - t0)
         args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(text)
+        # Other scripts' sections (between their <!-- name:start/end --> markers) stay.
+        previous = args.results.read_text() if args.results.exists() else None
+        args.results.write_text(keep_other_sections(previous, text))
         print(f"wrote {args.results}", flush=True)
     finally:
         if own_work and not args.keep:

@@ -68,12 +68,12 @@ def _odata_pages(
     select: list[str],
     track: bool,
     parse: Callable[[bytes], Any],
+    annotations: str,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Pages of one entity set: the same $select and Prefer as dynsync's first read."""
+    """Pages of one entity set: the same $select and Prefer (`annotations`: what dynsync's
+    stage asks for, passed in so that a bare loop imports no DuckDB or pyarrow)."""
     session, token, ca = http
-    from dynsync_dagster.sync.stage import ANNOTATIONS  # the ceiling asks for what dynsync asks for
-
-    prefer = f'odata.maxpagesize={PAGE_SIZE}, odata.include-annotations="{ANNOTATIONS}"'
+    prefer = f'odata.maxpagesize={PAGE_SIZE}, odata.include-annotations="{annotations}"'
     if track:
         prefer += ", odata.track-changes"
     url: str | None = f"{env['DYNAMICS_URL']}{API}{entity_set}?$select={','.join(select)}"
@@ -104,7 +104,8 @@ def task_ceiling(p: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     rows = pages = 0
     for entity_set, select, track in p["reads"]:
-        for page in _odata_pages(env, http, entity_set, select, track, orjson.loads):
+        pages_ = _odata_pages(env, http, entity_set, select, track, orjson.loads, p["annotations"])
+        for page in pages_:
             rows += len(page)
             pages += 1
     return {"wall_s": time.perf_counter() - t0, "records": rows, "pages": pages}
@@ -206,7 +207,9 @@ def task_dlt(p: dict[str, Any]) -> dict[str, Any]:
 
     def make(entity_set: str, select: list[str], track: bool, key: str):
         def pages():
-            for page in _odata_pages(env, http, entity_set, select, track, orjson.loads):
+            for page in _odata_pages(
+                env, http, entity_set, select, track, orjson.loads, p["annotations"]
+            ):
                 seen["rows"] += len(page)
                 yield page
 
