@@ -711,7 +711,7 @@ class _Soak:
         assert on is not None
         return dataclasses.replace(on, ranges=self.ranges.choice(RANGE_COUNTS))
 
-    def prepare(self, n: int) -> tuple[list[str], list[str], str, bool, bool]:
+    def prepare(self, n: int) -> tuple[list[str], list[str], str, bool | None, bool]:
         """A block segment, local edits, Dynamics changes, a selection change and a fault
         before cycle n."""
         sim, rng, report = self.sim, self.rng, self.report
@@ -727,14 +727,29 @@ class _Soak:
             kind = dynamics_change(sim, rng)
             report.changes[kind] += 1
             step.append(kind)
-        if n > 1:
-            change_selection(sim, self.selection, rng, report)
+        changed = n > 1 and change_selection(sim, self.selection, rng, report)
         fault, must_succeed = arm_fault(sim, rng) if n > 1 else ("none", True)
+        full_read = changed or fault == "expired delta"
+        if self.ranges is not None and full_read and self.ranges.random() < 0.6:
+            fault = f"{fault} + {self.break_ranges()}".removeprefix("none + ")
+            must_succeed = None if must_succeed else must_succeed  # a must-fail stays one
         report.faults[fault] += 1
         # Now and then a backfill: a date range re-read (here: every record there is).
         backfill = n > 1 and rng.random() < 0.06
         report.backfills += backfill
         return problems, step, fault, must_succeed, backfill
+
+    def break_ranges(self) -> str:
+        """A 503 storm on one table's key ranges after a few of their requests, for a cycle
+        that will read a table whole: if it is this one, its parallel copy fails part-way
+        (and the next cycle resumes it). Drawn from the ranges' own generator."""
+        assert self.ranges is not None
+        key = self.ranges.choice(("contactid", "accountid"))
+        after = self.ranges.randint(0, 6)
+        self.sim.faults.inject(
+            "503", times=None, path_contains=f"$filter={key}%20", after=after, retry_after=0
+        )
+        return f"503 storm in {key} ranges"
 
     def run(self, backfill: bool, problems: list[str]) -> BaseException | None:
         window = EVERYTHING if backfill else None
@@ -788,8 +803,9 @@ class _Soak:
             peak[entity] = max(peak[entity], stale)
         self.report.peak_kept_out = max(self.report.peak_kept_out, len(model.filtered))
 
-    def judge(self, n: int, error: BaseException | None, must_succeed: bool) -> list[str]:
-        """Advance the model on success; a failure must be one its fault explains."""
+    def judge(self, n: int, error: BaseException | None, must_succeed: bool | None) -> list[str]:
+        """Advance the model on success; a failure must be one its fault explains (with
+        `must_succeed` None, the fault may or may not stop the cycle)."""
         if error is None:
             self.report.succeeded += 1
             self.model.blocks = self.selection.settings().block_field_updates
@@ -799,7 +815,7 @@ class _Soak:
                 self.selection.synced_contact(),
             )
             self._note_filter()
-            if not must_succeed:
+            if must_succeed is False:
                 return [f"cycle {n} succeeded through a fault it cannot get past"]
             return []
         if must_succeed:

@@ -30,15 +30,15 @@ def test_random_cycles_with_parallel_first_copies_match_the_reference_model(
     tmp_path: Path,
 ) -> None:
     """Every full read (the first, and those a selection change or an expired delta token
-    forces) in parallel key ranges; the request log shows that none went page by page."""
+    forces) in parallel key ranges; the request log shows that none went page by page. A
+    503 storm in the contacts' ranges stops one copy part-way; the next cycle resumes it."""
     report = run_soak(20, 11, tmp_path, parallel=True)
     assert report.succeeded + report.failed_as_expected == 20
     assert report.failed_as_expected > 0
-    reads = report.full_reads
+    reads, events = report.full_reads, report.parallel_events
     assert reads["contact parallel"] >= 3 and reads["account parallel"] >= 3, reads
     assert reads["contact sequential"] == reads["account sequential"] == 0, reads
-    # Faults land in parallel reads too (which of their requests they hit varies by thread).
-    assert report.parallel_events["contact reads with a fault armed"] > 0, report.parallel_events
+    assert events["contact reads failed with their cycle"] > 0, events
 
 
 def test_the_model_applies_the_contact_limit_at_its_boundary(tmp_path: Path) -> None:
