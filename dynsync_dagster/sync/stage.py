@@ -6,6 +6,7 @@ for one short transaction; a failed fetch leaves the store untouched.
 
 from __future__ import annotations
 
+import array
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,11 +14,6 @@ from datetime import datetime
 from pathlib import Path
 
 import duckdb
-
-# pyarrow imports pandas on a process's first pa.array (its pandas shim checks whether the
-# input is a Series). Importing it with this module makes that one-off 0.2 s part of start-up
-# instead of the first cycle's fetch.
-import pandas  # noqa: F401
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -346,7 +342,13 @@ class Stage:
             else "NULL"
         )
         return ", ".join(
-            [*out, "TRY_CAST(id AS UUID) AS _key", f"{problems} AS _problems", "_deleted", "_seq"]
+            [
+                *out,
+                "TRY_CAST(id AS UUID) AS _key",
+                f"{problems} AS _problems",
+                "false AS _deleted",  # a page's rows; removed ones are added apart
+                "_seq",
+            ]
         )
 
     def decoder(self, entity: str) -> ArrowDecoder:
@@ -366,7 +368,9 @@ class Stage:
         context = rows.column("@odata.context")
         gone: list[str] = []
         if context.null_count != rows.num_rows:  # a delta page with removed records
-            removed = pc.and_(pc.is_valid(context), pc.equal(rows.column("reason"), "deleted"))
+            # A pattern, not pc.equal(..., "deleted"): a Python scalar would import pandas.
+            deleted = pc.match_substring_regex(rows.column("reason"), "^deleted$")
+            removed = pc.and_(pc.is_valid(context), deleted)
             gone = [i for i in rows.filter(removed).column("id").to_pylist() if i is not None]
             rows = rows.filter(pc.is_null(context))
         arrays = {c.name: rows.column(c.source) for c in self._columns[entity]}
@@ -390,20 +394,22 @@ class Stage:
         self._append(entity, arrays, len(live), gone)
 
     def _append(self, entity: str, arrays: dict, n: int, gone: list[str]) -> None:
-        arrays["_deleted"] = pa.array([False] * n, type=pa.bool_())
-        arrays["_seq"] = pa.array(range(self._seq, self._seq + n), type=pa.int64())
+        arrays["_seq"] = _sequence(self._seq, n)
         self._seq += n
-        page = pa.table(arrays)  # noqa: F841 - read by DuckDB's replacement scan below
+        # Table.from_arrays, not pa.table: pyarrow's pa.table and pa.array import pandas to
+        # check their input, 50 MB of every sync process's memory for nothing (the Arrow
+        # path never needs it; only _add_rows, for a page Arrow could not read, still does).
+        page = pa.Table.from_arrays(list(arrays.values()), names=list(arrays))  # noqa: F841
         con = self._write()
         con.execute(
             f"INSERT INTO {rows_table(entity)} BY NAME SELECT {self._typing[entity]} FROM page"
         )
         if gone:
-            ids = pa.table({"id": pa.array(gone, pa.string())})  # noqa: F841
             self._con.execute(
                 f"INSERT INTO {rows_table(entity)} (id, _key, _deleted, _seq) "
                 f"SELECT id, TRY_CAST(id AS UUID), true, {self._seq} + row_number() OVER () "
-                "FROM ids"
+                "FROM (SELECT unnest(?::VARCHAR[]) AS id)",
+                [gone],
             )
             self._seq += len(gone)
         self.rows[entity] += n
@@ -519,6 +525,13 @@ class Stage:
         for p in (self.path, self.path.with_name(self.path.name + ".wal")):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+
+
+def _sequence(start: int, n: int) -> pa.Array:
+    """start, start + 1, ... as an int64 Arrow array over a plain buffer (pa.array would
+    import pandas to look at its input)."""
+    values = array.array("q", range(start, start + n))
+    return pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(values)])
 
 
 def _stored_types(entity: str, plan: FieldPlan) -> dict[str, str]:
