@@ -457,9 +457,10 @@ def full_read_kinds(requests: list[RequestRecord], entity: str) -> Counter:
     (cursors, backfills) are neither. The soak's tables have change tracking: a sequential
     full read of a table without it would also be ordered by the key.
 
-    Also "resumed": parts of a parallel read (a range, the key read) that went on from a
-    saved page link without starting over in this cycle: a failed read's successor, or
-    the key read a copy left for the next cycle."""
+    And what a parallel read that did not start in this cycle did: "resumed copy" (a
+    failed cycle's copy went on: ranges read, no new key read), "resumed parts" (parts that
+    went on from a saved page link) and "key read finished" (a key read went on from a
+    saved link with no range read: a copy that committed without it)."""
     kinds: Counter = Counter()
     entity_set, key = ENTITY_SET[entity], PRIMARY_KEY[entity]
     started, went_on = set(), set()
@@ -470,13 +471,18 @@ def full_read_kinds(requests: list[RequestRecord], entity: str) -> Counter:
         query = parse_qs(path.query)
         if "$deltatoken" in query or "modifiedon" in query.get("$filter", [""])[0]:
             continue
-        if query.get("$select") == [key] or query.get("$orderby", [""])[0].startswith(key):
+        key_read = query.get("$select") == [key]
+        if key_read or query.get("$orderby", [""])[0].startswith(key):
             kinds["parallel"] += 1
-            part = (query.get("$select") == [key], query.get("$filter", [""])[0])
+            kinds["key read" if key_read else "range"] += 1
+            part = (key_read, query.get("$filter", [""])[0])
             (went_on if "$skiptoken" in query else started).add(part)
         else:
             kinds["sequential"] += 1
-    kinds["resumed"] = len(went_on - started)
+    new_key_read = any(is_key for is_key, _ in started)
+    kinds["resumed copy"] = int(kinds["range"] > 0 and not new_key_read)
+    kinds["resumed parts"] = len(went_on - started)
+    kinds["key read finished"] = int(kinds["key read"] > 0 and not kinds["range"] + new_key_read)
     return kinds
 
 
@@ -494,7 +500,9 @@ def check_full_reads(
         for kind in ("parallel", "sequential"):
             report.full_reads[f"{entity} {kind}"] += kinds[kind] > 0
         events = report.parallel_events
-        events["parts resumed from a saved page link"] += kinds["resumed"]
+        events[f"{entity} copies resumed after a failed cycle"] += kinds["resumed copy"]
+        events["parts resumed from a saved page link"] += kinds["resumed parts"]
+        events[f"{entity} key reads finished a cycle later"] += kinds["key read finished"]
         if kinds["parallel"] and fault != "none":
             events[f"{entity} reads with a fault armed"] += 1
             events[f"{entity} reads failed with their cycle"] += result is None
@@ -697,8 +705,9 @@ class _Soak:
     history: list[str] = field(default_factory=list)
     last_fields: str = ""
     kept_out_too: bool = True  # try edits through contacts of kept-out accounts (refused)
-    # --parallel-read: the key ranges per cycle come from their own generator, so a parallel
-    # run makes the same changes, edits and faults as a sequential one of the same seed
+    # --parallel-read: the key ranges and range storms come from their own generator, so
+    # they do not shift the main one's draws (a cycle a range storm fails changes what
+    # follows, though: a model that did not advance steers later edits differently)
     ranges: random.Random | None = None
     result: CycleResult | None = None
 

@@ -39,6 +39,7 @@ def test_random_cycles_with_parallel_first_copies_match_the_reference_model(
     assert reads["contact parallel"] >= 3 and reads["account parallel"] >= 3, reads
     assert reads["contact sequential"] == reads["account sequential"] == 0, reads
     assert events["contact reads failed with their cycle"] > 0, events
+    assert events["contact copies resumed after a failed cycle"] > 0, events
 
 
 def test_the_model_applies_the_contact_limit_at_its_boundary(tmp_path: Path) -> None:
