@@ -33,9 +33,13 @@ COMPARE_BLOCK = 256 << 10  # DuckDB's block size: a cycle rewrites whole blocks
 def compare_workers() -> int:
     """Threads that compare the two copies. Reading both whole from the page cache is most of
     a publish at 1,000,000 contacts, and it grows with the file, not with the change; the
-    reads and writes release the GIL, so two threads on two cores took 0.22 s where one took
-    0.31 s (median of 4 cycles each, on a loaded machine)."""
-    return max(1, min(4, os.cpu_count() or 1))
+    reads and writes release the GIL, so a second thread helps where a core is idle, and
+    slows the compare where none is (one thread 0.13 s, two 0.17 s, median of 8, at a load
+    of 6 on 2 cores). So one thread per core the 1-minute load leaves free, this one's
+    included, at most 4."""
+    cores = os.cpu_count() or 1
+    free = cores - os.getloadavg()[0] + 1
+    return max(1, min(4, cores, int(free + 0.5)))
 
 
 def refresh_into(source: Path, fd: int) -> tuple[int, int]:

@@ -68,3 +68,16 @@ def test_an_identical_copy_writes_nothing(tmp_path: Path, small_chunks: None) ->
     target.write_bytes(data)
     assert _refresh(source, target) == (len(data), 0)
     assert target.read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("cores", "load", "workers"),
+    [(2, 0.0, 2), (2, 1.5, 2), (2, 2.0, 1), (2, 6.0, 1), (1, 0.0, 1), (8, 0.2, 4), (8, 6.0, 3)],
+)
+def test_a_second_thread_compares_only_where_a_core_is_free(
+    monkeypatch: pytest.MonkeyPatch, cores: int, load: float, workers: int
+) -> None:
+    # The load counts this process: on 2 cores at a load of 1.5, one core is still free.
+    monkeypatch.setattr(files.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(files.os, "getloadavg", lambda: (load, load, load))
+    assert files.compare_workers() == workers
