@@ -21,7 +21,10 @@ share of each limit (80% by default) instead of racing to the 429s:
   full share until the window drained, and met the 1,200 s limit before it did; without the
   headers it still goes one at a time;
 - a 429 pauses every request of the read until its `Retry-After` has passed (the doc's
-  "pause all requests for that user") and halves the concurrency.
+  "pause all requests for that user") and halves the concurrency;
+- requests through `spare()` (the change-tracking key read, which a first copy can leave
+  to the next cycle) go only while no other request waits for room: they use what the
+  ranges leave, and never push a copy that costs several windows into one more.
 
 One `Budget` is shared by the threads of a read; each request passes `request()`.
 """
@@ -112,6 +115,12 @@ class Budget:
         self._paused_until = 0.0
         self._over_share = False
         self._window = _Window()
+        self._waiting = 0  # requests (not spare ones) waiting for room
+
+    def spare(self) -> Budget:
+        """A gate into this budget for requests that may wait: they go only while no
+        other request waits for room."""
+        return _Spare(self)
 
     @property
     def allowed(self) -> int:
@@ -119,18 +128,19 @@ class Budget:
             return self._allowed
 
     @contextlib.contextmanager
-    def request(self) -> Iterator[Callable[[int, Mapping[str, str]], None]]:
+    def request(self, spare: bool = False) -> Iterator[Callable[[int, Mapping[str, str]], None]]:
         """Hold a slot for one request; call the yielded function with the answer's status
         and headers (a request that raised without an answer just frees its slot)."""
-        started = self._enter()
+        started = self._enter(spare)
         answered: list[tuple[int, Mapping[str, str]]] = []
         try:
             yield lambda status, headers: answered.append((status, headers))
         finally:
             self._leave(started, *(answered[-1] if answered else (0, {})))
 
-    def _enter(self) -> float:
+    def _enter(self, spare: bool = False) -> float:
         with self._cond:
+            waiting = False
             while True:
                 now = self._clock()
                 if now < self._paused_until:
@@ -139,9 +149,15 @@ class Budget:
                     self._cond.wait(wait)
                     continue
                 wait = self._wait_for_room(now)
+                if spare and self._waiting:
+                    wait = max(wait, 0.5)
                 if wait <= 0:
                     break
+                if not spare and not waiting:
+                    waiting, self._waiting = True, self._waiting + 1
                 self._cond.wait(min(wait, 0.5))
+            if waiting:
+                self._waiting -= 1
             self._in_flight += 1
             self.stats.requests += 1
             self.stats.peak_in_flight = max(self.stats.peak_in_flight, self._in_flight)
@@ -214,6 +230,17 @@ class Budget:
             # Requests in flight are counted on arrival but charged when they end.
             done = self.share.request_limit - requests_left - self._in_flight
             w.cost_s = w.used_s / max(1.0, done)
+
+
+class _Spare(Budget):
+    """`Budget.spare()`: the same budget, for requests that go only when nothing else waits."""
+
+    def __init__(self, budget: Budget) -> None:  # a view: no state of its own
+        self._budget = budget
+        self.share, self.stats = budget.share, budget.stats
+
+    def request(self, spare: bool = True) -> contextlib.AbstractContextManager:
+        return self._budget.request(spare=True)
 
 
 def _window_used(headers: Mapping[str, str], share: BudgetShare) -> float | None:

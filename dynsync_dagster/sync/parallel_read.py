@@ -317,7 +317,9 @@ class _Run:
 
     def _fetch(self, part: str) -> None:
         """Follow one part's links to its end, handing each page over."""
-        client = self.read.client.fork(self.budget)
+        # The key read uses only the budget the ranges leave: the copy can commit without it.
+        gate = self.budget.spare() if part == self.token_part else self.budget
+        client = self.read.client.fork(gate)
         with self._lock:
             self.clients.append(client)
         try:

@@ -158,3 +158,33 @@ def test_a_request_without_an_answer_frees_its_slot() -> None:
         raise ConnectionError("dropped")
     answer(budget, 200, {})  # would block forever if the slot were still taken
     assert budget.stats.requests == 2
+
+
+def test_spare_requests_go_only_when_no_other_request_waits() -> None:
+    budget = Budget(BudgetShare(start_concurrent=1, max_concurrent=1))
+    order: list[str] = []
+    gates = {"range": budget, "key read": budget.spare()}
+    release = {name: threading.Event() for name in gates}
+
+    def send(name: str) -> None:
+        with gates[name].request() as answered:
+            order.append(name)
+            release[name].wait(10)
+            answered(200, {})
+
+    with budget.request() as answered:  # the only slot is taken
+        threads = {name: threading.Thread(target=send, args=(name,)) for name in gates}
+        threads["key read"].start()
+        time.sleep(0.2)  # the spare request waits for the slot first, then a range's
+        threads["range"].start()
+        time.sleep(0.2)
+        answered(200, {})
+    time.sleep(0.8)
+    assert order == ["range"]  # the spare request, first in line, stood back
+    release["range"].set()
+    threads["range"].join(5)
+    time.sleep(0.8)
+    assert order == ["range", "key read"]
+    release["key read"].set()
+    threads["key read"].join(5)
+    assert budget.stats.requests == 3
