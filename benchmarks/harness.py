@@ -70,6 +70,24 @@ class Figure:
         return self.median("records")
 
 
+# The measured command runs under this small launcher, which reports the command's rusage.
+# Spawned straight from this process, a child's ru_maxrss would start at this process's own
+# peak: Python spawns with vfork, and the kernel carries the borrowed memory's high-water mark
+# into the child at exec (a 400 MB parent makes `python -c pass` report 413 MB). The launcher
+# is 10 MB. ru_maxrss is then the largest single process among the command and the
+# descendants it waited for, not the tree's sum. wall_s runs from spawn to exit.
+LAUNCHER = """
+import json, os, subprocess, sys, time
+t0 = time.perf_counter()
+child = subprocess.Popen(sys.argv[2:])
+_, status, ru = os.wait4(child.pid, 0)
+usage = {"code": os.waitstatus_to_exitcode(status), "maxrss_kb": ru.ru_maxrss,
+         "cpu_s": ru.ru_utime + ru.ru_stime, "wall_s": time.perf_counter() - t0}
+with open(sys.argv[1], "w") as f:
+    json.dump(usage, f)
+"""
+
+
 @dataclasses.dataclass
 class _Spawned:
     """How a measured process ended."""
@@ -250,14 +268,28 @@ class Bench:
     def _spawn(
         self, label: str, cmd: list[str], env: Mapping[str, str], log_path: Path
     ) -> _Spawned:
-        """Start `cmd` and wait for it: spawn-to-exit seconds, peak RSS and CPU seconds."""
+        """Start `cmd` through LAUNCHER and wait for it: spawn-to-exit seconds, peak RSS and CPU
+        seconds, as the launcher measured them."""
+        usage_path = log_path.with_suffix(".usage.json")
+        usage_path.unlink(missing_ok=True)
         started = time.perf_counter()
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=self.env(env)
+                [sys.executable, "-c", LAUNCHER, str(usage_path), *cmd],
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env(env),
+                start_new_session=True,  # a timeout kills the launcher and what it started
             )
         spawned = self._wait(proc)
         spawned.process_s = time.perf_counter() - started
+        if usage_path.exists():
+            usage = json.loads(usage_path.read_text())
+            spawned.code = usage["code"]
+            spawned.rss_mb = usage["maxrss_kb"] / 1024  # Linux: kilobytes
+            spawned.cpu_s = round(usage["cpu_s"], 2)
+            spawned.process_s = usage["wall_s"]
         if spawned.killed:
             raise ChildFailed(f"{label}: killed after {self.timeout_s:.0f}s\n{tail(log_path)}")
         if spawned.code != 0:
@@ -282,17 +314,13 @@ class Bench:
         return cmd, out_path, self.logs / f"{stem}.log"
 
     def _wait(self, proc: subprocess.Popen) -> _Spawned:
-        """Exit code, peak RSS and CPU once the child ends or is killed at the timeout.
-
-        os.wait4's ru_maxrss is the largest resident set of the child or of any descendant it
-        waited for: the peak of the biggest single process, not of the tree's sum.
-        """
+        """The launcher's exit once it ends or is killed (with its session) at the timeout."""
         killed = threading.Event()
 
         def kill() -> None:
             killed.set()
             with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGKILL)
 
         timer = threading.Timer(self.timeout_s, kill)
         timer.start()

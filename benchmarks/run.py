@@ -25,7 +25,10 @@ test CA) with `--accounts` accounts and `--contacts` contacts, two of them "size
   5,000-contact account changes 10 fields (50,000 rows);
 - local edit: one account field edited locally on the 100,000-contact account;
 - dagster: a scheduled cycle with nothing to do, through the Dagster job (run launch to
-  success), and the part of it that is the cycle itself.
+  success), and the part of it that is the cycle itself;
+- whole processes: `dynsync sync` as a user runs it (new store, new DAGSTER_HOME, partitions
+  from 14 days ago) and the bare loop's own process, each from spawn to exit; once, on the
+  small store, `dynsync sync` on a new instance with the default partition start.
 
 Every measured operation runs in a child process (this script with `--child`); its peak RSS
 comes from os.wait4's rusage. Wall seconds are measured inside the child around the operation
@@ -39,10 +42,11 @@ no dynsync figure is measured in the wake of the multi-gigabyte plain dlt load.
 The code: harness.py runs the child processes and the simulator, tasks.py is what each child
 measures, scenarios.py decides what is measured in which order, report.py writes RESULTS.md.
 
-Other options: --results PATH (default benchmarks/RESULTS.md), --work-dir DIR (default a temp
-dir, removed at the end unless --keep), --no-peer, --big-account N / --mid-account N (sizes of
-the two sized accounts; default 100,000 and 5,000, capped for small runs), --changed-accounts N,
---child-timeout S.
+Other options: --results PATH (default benchmarks/RESULTS.md; the sections other scripts
+write between <!-- name:start/end --> markers are kept), --work-dir DIR (default a temp dir,
+removed at the end unless --keep), --no-peer, --no-new-instance, --big-account N /
+--mid-account N (sizes of the two sized accounts; default 100,000 and 5,000, capped for small
+runs), --changed-accounts N, --child-timeout S.
 """
 
 from __future__ import annotations
@@ -81,6 +85,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="runs of the plain dlt peer, dlt's defaults (default 1: minutes and gigabytes each)",
     )
     p.add_argument("--no-peer", action="store_true", help="skip the dlt peer")
+    p.add_argument(
+        "--no-new-instance",
+        action="store_true",
+        help="skip the first `dynsync sync` on a new Dagster instance with the default "
+        "partitions (a minute or more of Dagster bookkeeping whatever the size)",
+    )
     p.add_argument(
         "--big-account",
         type=int,

@@ -465,6 +465,9 @@ def run_small(sc: Scenarios, sim: SimProcess, figs: dict[str, Figure]) -> None:
     else:
         figs["small_incremental"].error = "not run: the full sync failed"
     # Once: tens of seconds of Dagster bookkeeping whatever the data size.
+    if sc.args.no_new_instance:
+        figs["new_instance"].error = "skipped: --no-new-instance"
+        return
     where = sc.bench.work / "store-new-instance"
     sc.sync_command(sim, where, figs["new_instance"], 1, default_start=True)
 
