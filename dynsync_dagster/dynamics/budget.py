@@ -23,8 +23,9 @@ share of each limit (80% by default) instead of racing to the 429s:
 - a 429 pauses every request of the read until its `Retry-After` has passed (the doc's
   "pause all requests for that user") and halves the concurrency;
 - requests through `spare()` (the change-tracking key read, which a first copy can leave
-  to the next cycle) go only while no other request waits for room: they use what the
-  ranges leave, and never push a copy that costs several windows into one more.
+  to the next cycle) go only while no other request waits for room and the window is less
+  than half the share: they use what the ranges leave, so a copy that costs several
+  windows is not pushed into one more by them.
 
 One `Budget` is shared by the threads of a read; each request passes `request()`.
 """
@@ -149,7 +150,7 @@ class Budget:
                     self._cond.wait(wait)
                     continue
                 wait = self._wait_for_room(now)
-                if spare and self._waiting:
+                if spare and (self._waiting or self._half_full()):
                     wait = max(wait, 0.5)
                 if wait <= 0:
                     break
@@ -162,6 +163,15 @@ class Budget:
             self.stats.requests += 1
             self.stats.peak_in_flight = max(self.stats.peak_in_flight, self._in_flight)
             return now
+
+    def _half_full(self) -> bool:
+        """The window, with the requests in flight charged, holds half the share or more:
+        a spare request would take budget the others will want soon."""
+        w = self._window
+        if w.used_s is None or w.cost_s is None:
+            return False
+        projected = w.used_s + self._in_flight * w.cost_s
+        return projected >= self.share.share * self.share.execution_limit_s / 2
 
     def _wait_for_room(self, now: float) -> float:
         """0 if one more request may start now, else how long to wait before looking again."""

@@ -188,3 +188,17 @@ def test_spare_requests_go_only_when_no_other_request_waits() -> None:
     release["key read"].set()
     threads["key read"].join(5)
     assert budget.stats.requests == 3
+
+
+def test_spare_requests_stand_back_once_the_window_is_half_the_share() -> None:
+    clock = Clock()
+    budget = Budget(BudgetShare(start_concurrent=9, max_concurrent=10), clock=clock)
+    burst(budget, clock, 4, cost_s=100, took_s=10)  # 400 s: below half the share (480 s)
+    answer(budget.spare(), 200, charged(500, 5))  # goes; its answer shows 500 s in use
+    entered, release = enter_in_threads(budget.spare(), 1)
+    time.sleep(0.6)
+    assert not entered[0].is_set()
+    answer(budget, 200, charged(500, 6))  # an ordinary request still goes
+    release.set()
+    answer(budget, 200, charged(100, 7))  # charges left the window: the spare one goes
+    assert entered[0].wait(5)
