@@ -17,7 +17,10 @@ updates and another for local edits.
 an expired delta token forces) as the parallel first copy of `sync/parallel_read.py`, as
 `DYNSYNC_PARALLEL_READ=1` does, with 2, 4 or 16 key ranges drawn per cycle (few ranges span
 several pages each). The simulator's request log says how each full read went: the soak
-fails if one went the other way than asked. With `--write-results` such a run replaces its
+fails if one went the other way than asked. On cycles that read a table whole it adds, from
+a generator of its own, 503 storms in one table's key ranges (the copy fails part-way and the
+next cycle resumes it); now and then it slows the key read, so a copy commits without it and
+the next cycle finishes it. With `--write-results` such a run replaces its
 seed's section of SOAK_RESULTS_PARALLEL.md. The threads' requests interleave in no fixed
 order, so a fault armed "after n requests" can land on another request than in a previous
 run of the same seed: a parallel run is repeatable in its changes, not request for request.
@@ -26,6 +29,7 @@ run of the same seed: a parallel run is repeatable in its changes, not request f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import platform
@@ -36,13 +40,14 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from dynsync_dagster.dynamics.client import DynamicsClient, Page
 from dynsync_dagster.dynamics.errors import DynamicsError
 from dynsync_dagster.dynamics.fields import ENTITY_SET, PRIMARY_KEY
 from dynsync_dagster.settings import ConnectionSettings, SyncSettings
@@ -518,6 +523,32 @@ def check_full_reads(
     return problems
 
 
+@contextlib.contextmanager
+def slow_key_reads(pause_s: float) -> Iterator[None]:
+    """Each page of a parallel copy's key read (for its delta link) waits `pause_s` first:
+    the ranges end before it, the copy commits in state "tracking", and the next cycle
+    finishes the key read (parallel_read.finish_token). Every client, every thread."""
+    follow = DynamicsClient.iter_link
+
+    def paced(self: DynamicsClient, link: str, **options: Any) -> Iterator[Page]:
+        pages = follow(self, link, **options)
+        if parse_qs(urlsplit(link).query).get("$select") not in (["contactid"], ["accountid"]):
+            return pages
+        return _paced(pages, pause_s)
+
+    DynamicsClient.iter_link = paced  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        DynamicsClient.iter_link = follow  # type: ignore[method-assign]
+
+
+def _paced(pages: Iterator[Page], pause_s: float) -> Iterator[Page]:
+    for page in pages:
+        time.sleep(pause_s)
+        yield page
+
+
 # ---- the soak ------------------------------------------------------------------------------------
 
 
@@ -764,9 +795,14 @@ class _Soak:
         window = EVERYTHING if backfill else None
         # Explicit either way: DYNSYNC_PARALLEL_READ in the soak's environment changes nothing.
         options = CycleOptions(trigger="soak", window=window, parallel=self.parallel())
+        # Now and then the key read for the delta link is slow, so a copy commits without it.
+        slow = self.ranges is not None and self.ranges.random() < 0.4
         self.result = None
         self.sim.requests.clear()  # the log of this cycle's requests only (check_full_reads)
-        with fast_client(self.conn, Sleeps(), attempts=4, budget_s=30) as client:
+        with (
+            slow_key_reads(0.05) if slow else contextlib.nullcontext(),
+            fast_client(self.conn, Sleeps(), attempts=4, budget_s=30) as client,
+        ):
             try:
                 self.result = run_cycle(
                     self.conn, self.selection.settings(), self.db, options, client=client
