@@ -306,6 +306,7 @@ def extra_copy(args, conn, sync, db: Path, share: float, watch: Watch) -> dict[s
     during = [s for s in watch.since(t0) if s.started < t0 + out.get("first_s", 0.0)]
     out["window_used"] = max((s.window_used or 0.0 for s in during), default=0.0)
     out["throttled"] = sum(1 for s in during if s.status == 429)
+    out["timeline"] = timeline(during, t0, t0 + out.get("first_s", 0.0), args.clock_speed)
     return out
 
 
@@ -448,7 +449,10 @@ def notes(args: argparse.Namespace, m: dict[str, Any]) -> list[str]:
         f"in use during the copy: {m['window_used']:.0%}.",
         *(
             f"- First copy at a {extra:.0%} share: highest window use {e['window_used']:.0%}, "
-            f"429 answers {e['throttled']}"
+            f"429 answers {e['throttled']}; per simulated minute, highest window use "
+            + ", ".join(f"{used:.0%}" for _, used in e["timeline"])
+            + "; mean requests in flight "
+            + ", ".join(f"{busy:.1f}" for busy, _ in e["timeline"])
             + (f", failed: {e['first_error']}" if e.get("first_error") else "")
             + "."
             for extra, e in m.get("extra", {}).items()
