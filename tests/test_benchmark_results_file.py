@@ -8,7 +8,7 @@ from tests.support import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))  # the benchmark's modules import each other flat
 
-from report import keep_other_sections  # noqa: E402
+from report import keep_other_sections
 
 PREVIOUS = """# dynsync benchmark results
 
