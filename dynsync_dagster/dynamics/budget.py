@@ -83,6 +83,10 @@ class BudgetStats:
     peak_window_used: float = 0.0  # the highest share of it seen in use
 
 
+class BudgetClosed(Exception):
+    """The read ended (`Budget.close`): a request still waiting for room is not sent."""
+
+
 @dataclass
 class _Window:
     """What the latest answer's headers said of the user's window."""
@@ -117,6 +121,14 @@ class Budget:
         self._over_share = False
         self._window = _Window()
         self._waiting = 0  # requests (not spare ones) waiting for room
+        self._closed = False
+
+    def close(self) -> None:
+        """The read has ended: requests waiting for room raise BudgetClosed at once (a spare
+        one can wait minutes for the window to drain; its thread must not hold the read)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
     def spare(self) -> Budget:
         """A gate into this budget for requests that may wait: they go only while no
@@ -143,6 +155,10 @@ class Budget:
         with self._cond:
             waiting = False
             while True:
+                if self._closed:
+                    if waiting:
+                        self._waiting -= 1
+                    raise BudgetClosed("the parallel read has ended")
                 now = self._clock()
                 if now < self._paused_until:
                     wait = self._paused_until - now

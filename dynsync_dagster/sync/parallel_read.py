@@ -262,6 +262,7 @@ class _Run:
             self._stage_pages(len(todo), shown)
         finally:
             self.stop.set()
+            self.budget.close()  # a key read waiting for room must not hold the join
             self._drain_and_join(threads)
             self._add_stats()
         token = self.parts.get(self.token_part)

@@ -7,7 +7,13 @@ import time
 
 import pytest
 
-from dynsync_dagster.dynamics.budget import REQUESTS_LEFT, TIME_LEFT, Budget, BudgetShare
+from dynsync_dagster.dynamics.budget import (
+    REQUESTS_LEFT,
+    TIME_LEFT,
+    Budget,
+    BudgetClosed,
+    BudgetShare,
+)
 
 
 def window(used: float, limit_s: float = 1200.0) -> dict[str, str]:
@@ -202,3 +208,22 @@ def test_spare_requests_stand_back_once_the_window_is_half_the_share() -> None:
     release.set()
     answer(budget, 200, charged(100, 7))  # charges left the window: the spare one goes
     assert entered[0].wait(5)
+
+
+def test_closing_the_budget_releases_requests_waiting_for_room() -> None:
+    budget = Budget(BudgetShare(start_concurrent=1, max_concurrent=1))
+    failed: list[BaseException] = []
+
+    def wait_for_room() -> None:
+        try:
+            answer(budget.spare(), 200, {})
+        except BudgetClosed as exc:
+            failed.append(exc)
+
+    with budget.request():  # the only slot is taken
+        waiter = threading.Thread(target=wait_for_room)
+        waiter.start()
+        time.sleep(0.2)
+        budget.close()
+        waiter.join(2)
+        assert not waiter.is_alive() and len(failed) == 1
