@@ -12,7 +12,7 @@ from pathlib import Path
 
 import duckdb
 
-from dynsync_dagster.store.files import copy_into
+from dynsync_dagster.store.files import background_writeback, copy_into
 
 
 class StoreBusyError(RuntimeError):
@@ -223,7 +223,7 @@ def open_working(published: Path, *, wait_s: float = 0.0) -> Iterator[duckdb.Duc
     working = working_path(published)
     if not working.exists() and Path(published).exists():
         _adopt(Path(published), working)
-    with open_store(working, wait_s=wait_s) as con:
+    with open_store(working, wait_s=wait_s) as con, background_writeback(working):
         yield con
 
 

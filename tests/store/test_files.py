@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import random
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +84,46 @@ def test_a_second_thread_compares_only_where_a_core_is_free(
     monkeypatch.setattr(files.os, "cpu_count", lambda: cores)
     monkeypatch.setattr(files.os, "getloadavg", lambda: (load, load, load))
     assert files.compare_workers() == workers
+
+
+def test_background_writeback_starts_writes_while_open_and_stops_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(files, "_sync_file_range", lambda: calls.append)
+    path = tmp_path / "store.duckdb"
+    path.write_bytes(b"x" * 4096)
+    with files.background_writeback(path, every_s=0.01):
+        deadline = time.monotonic() + 5
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert calls, "no writeback was started"
+    after = len(calls)
+    time.sleep(0.05)
+    assert len(calls) == after  # the thread ended with the block
+    assert not [t for t in threading.enumerate() if t.name == "dynsync-writeback"]
+
+
+def test_background_writeback_is_a_no_op_without_the_file_or_the_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with files.background_writeback(tmp_path / "missing"):
+        pass
+    monkeypatch.setattr(files, "_sync_file_range", lambda: None)
+    path = tmp_path / "store.duckdb"
+    path.write_bytes(b"x")
+    with files.background_writeback(path):
+        pass
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")
+def test_sync_file_range_is_found_and_accepts_a_read_only_descriptor(tmp_path: Path) -> None:
+    start = files._sync_file_range()
+    assert start is not None
+    path = tmp_path / "store.duckdb"
+    path.write_bytes(b"x" * 4096)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert start(fd) == 0
+    finally:
+        os.close(fd)

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
+from dynsync_dagster.store.connection import open_store
+from dynsync_dagster.store.schema import SchemaChange
 from dynsync_dagster.sync.local_edit import LocalEditError, set_account_field
+from dynsync_dagster.sync.rules import (
+    MergeContext,
+    _account_values_sql,
+    account_columns,
+    effective_accounts_sql,
+)
 from tests.support import Harness
 
 
@@ -264,3 +274,39 @@ def test_field_added_then_removed(harness: Harness) -> None:
     harness.cycle()
     names = {r[0] for r in harness.rows("SELECT column_name FROM information_schema.columns")}
     assert "telephone1" not in names and "account_telephone1" not in names
+
+
+def test_new_contacts_take_pending_local_edits_else_the_account_values(harness: Harness) -> None:
+    """Rule 4 on both ways of reading the account values a new contact takes: with a pending
+    local edit (the edits' overlay) and without any (the accounts' own columns)."""
+    result = harness.cycle()
+    org = harness.sim.org
+    edited, plain = _sized(harness, 8), _sized(harness, 12)
+    set_account_field(harness.db, org.contacts_of(edited)[0], "address1_city", "Local City")
+    joined = org.create_contact(edited, "account", firstname="New", lastname="Edited")
+    harness.cycle()
+    assert harness.rows(
+        "SELECT account_address1_city FROM contacts WHERE contactid = ?", [joined]
+    ) == [("Local City",)]
+
+    # Without local edits the shortcut reads exactly what the overlay would.
+    with open_store(harness.db.with_name(harness.db.name + ".work")) as con:
+        con.execute("BEGIN TRANSACTION")
+        con.execute("DELETE FROM local_edits")
+        ctx = MergeContext(result.plan, SchemaChange({}, {}), {}, "t", datetime.now(UTC), 5000)
+        acc = account_columns(result.plan)
+        shortcut = con.execute(
+            f"SELECT * FROM ({_account_values_sql(con, ctx, acc, '')}) ORDER BY accountid"
+        ).fetchall()
+        overlay = effective_accounts_sql(result.plan.synced("account"))
+        assert shortcut == con.execute(f"SELECT * FROM ({overlay}) ORDER BY accountid").fetchall()
+        assert len(shortcut) == len(org.account_ids())
+        con.execute("ROLLBACK")
+    harness.sim.org.create_contact(plain, "account", firstname="New", lastname="Plain")
+    harness.cycle()
+    assert (
+        harness.scalar(
+            "SELECT count(DISTINCT account_name) FROM contacts WHERE accountid = ?", [plain]
+        )
+        == 1
+    )
