@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+COPY_CHUNK_WRITTEN = 16 << 20  # copy_into hands the disk this much at a time
+
 
 def copy_into(source: Path, fd: int) -> int:
     """Copy `source` into the open file `fd` inside the kernel (copy_file_range: no trip through
@@ -20,11 +22,18 @@ def copy_into(source: Path, fd: int) -> int:
         # (measured on ext4: 0.08 s against 0.10 s for 300 MB, and fewer slow outliers).
         with contextlib.suppress(OSError):
             os.posix_fallocate(fd, 0, size)
+        # In chunks, each handed to the disk as the next is copied: the caller's fsync then
+        # waits for the last one only (a new 280 MB copy: 0.20 s copied and synced, 0.14 s so).
+        start = _sync_file_range()
         copied = 0
         while copied < size:
-            n = os.copy_file_range(src.fileno(), fd, size - copied, offset_dst=copied)
+            n = os.copy_file_range(
+                src.fileno(), fd, min(size - copied, COPY_CHUNK_WRITTEN), offset_dst=copied
+            )
             if n == 0:
                 break
+            if start is not None:
+                start(fd, copied, n)
             copied += n
     return copied
 
@@ -98,15 +107,15 @@ WRITEBACK_EVERY_S = 0.1
 _SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writing the dirty pages, do not wait
 
 
-def _sync_file_range() -> Callable[[int], object] | None:
-    """Linux's sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE), or None elsewhere (the
-    os module has no binding for it)."""
+def _sync_file_range() -> Callable[..., int] | None:
+    """Linux's sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE) (length 0: to the
+    end), or None elsewhere (the os module has no binding for it)."""
     try:
         call = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):
         return None
     call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    return lambda fd: call(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+    return lambda fd, offset=0, length=0: call(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 @contextlib.contextmanager

@@ -127,3 +127,24 @@ def test_sync_file_range_is_found_and_accepts_a_read_only_descriptor(tmp_path: P
         assert start(fd) == 0
     finally:
         os.close(fd)
+
+
+def test_copy_into_copies_in_chunks_each_handed_to_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[tuple[int, int]] = []
+    monkeypatch.setattr(files, "COPY_CHUNK_WRITTEN", CHUNK)
+    monkeypatch.setattr(
+        files,
+        "_sync_file_range",
+        lambda: lambda fd, offset, length: started.append((offset, length)),
+    )
+    source, target = tmp_path / "source", tmp_path / "target"
+    source.write_bytes(random.Random(3).randbytes(5 * CHUNK + 123))
+    fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        assert files.copy_into(source, fd) == 5 * CHUNK + 123
+    finally:
+        os.close(fd)
+    assert target.read_bytes() == source.read_bytes()
+    assert started == [(i * CHUNK, CHUNK) for i in range(5)] + [(5 * CHUNK, 123)]
