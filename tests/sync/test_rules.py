@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
+from dynsync_dagster.simulator import Simulator
 from dynsync_dagster.store.connection import open_store
 from dynsync_dagster.store.schema import SchemaChange
+from dynsync_dagster.sync import rules
 from dynsync_dagster.sync.local_edit import LocalEditError, set_account_field
 from dynsync_dagster.sync.rules import (
     MergeContext,
@@ -15,7 +18,7 @@ from dynsync_dagster.sync.rules import (
     account_columns,
     effective_accounts_sql,
 )
-from tests.support import Harness
+from tests.support import Harness, canonical
 
 
 def _sized(harness: Harness, n: int) -> str:
@@ -310,3 +313,30 @@ def test_new_contacts_take_pending_local_edits_else_the_account_values(harness: 
         )
         == 1
     )
+
+
+def test_first_load_of_accounts_stores_what_the_general_path_stores(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Into an empty store the accounts are read from the stage as they are (acc_upd a view);
+    the general path (a copy of the new or newer ones) must give the same store and counts."""
+    first = Harness(sim, tmp_path / "first" / "dynsync.duckdb")
+    fast = first.cycle()
+    general_apply = rules._apply_accounts
+    with monkeypatch.context() as m:
+        m.setattr(
+            rules,
+            "_apply_accounts",
+            lambda con, ctx, counts, refill: general_apply(con, ctx, counts, True),
+        )
+        other = Harness(sim, tmp_path / "general" / "dynsync.duckdb")
+        general = other.cycle()
+    assert fast.counts == general.counts
+    assert canonical(first.db) == canonical(other.db)
+    filtered = "SELECT entity, record_id FROM filtered_records ORDER BY ALL"
+    assert first.rows(filtered) == other.rows(filtered)
+    # The view is gone with the cycle: the next one writes the store as usual.
+    sim.org.update_account(_sized(first, 8), name="Renamed")
+    first.cycle()
+    other.cycle()
+    assert canonical(first.db) == canonical(other.db)
