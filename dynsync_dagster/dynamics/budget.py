@@ -11,15 +11,25 @@ share of each limit (80% by default) instead of racing to the 429s:
   below the share. Microsoft calls those headers a debugging aid, so without them only 429s
   steer it;
 - the requests in flight count too: a request is charged when it ends, so 40 pages in
-  flight that cost 12 s each add 480 s the headers do not show yet. The window's used time
-  divided by its requests (both headers) estimates what one costs, and a request starts
-  only if the window, with it and those in flight charged, stays within the share;
-- over the share, nothing is in flight and one request every tenth of a window looks
-  whether charges have left it (a window's length in real seconds is estimated from what a
-  request costs and how long it takes, so it holds on a sped-up simulator too). A reader
-  that sent one request at a time instead spent a server-second per second on top of a
-  full share until the window drained, and met the 1,200 s limit before it did; without the
-  headers it still goes one at a time;
+  flight that cost 12 s each add 480 s the headers do not show yet. A request costs its
+  duration times the server-seconds a second of duration is charged: the window's used
+  time over its requests (both headers) over the mean duration, raised by at most a
+  quarter when the window holds more than that explains (cheap requests such as metadata
+  pull the mean down). A request starts only if the window, with it and those in flight
+  charged, stays within the share;
+- the window slides: what this read was charged leaves it one window after the answer
+  that charged it. The read keeps its answers' times and durations, so the projection
+  subtracts its charges that left since the last answer, and a read over the share starts
+  again as its own charges make room, at the pace they were made 300 s earlier, instead of
+  waiting for a look. A request is charged when it ends, so it may start one request's
+  duration before the charges that make room for it leave: otherwise every window would
+  last 300 s plus a page. (The window's length on the budget's clock follows from the same
+  rate, so it holds on a sped-up simulator too);
+- time in the window that its own charges do not explain (other integrations of the same
+  user) is not known to leave: over the share, nothing is in flight and one request every
+  tenth of a window looks whether it has. A reader that sent one request at a time instead
+  spent a server-second per second on top of a full share until the window drained, and
+  met the 1,200 s limit before it did; without the headers it still goes one at a time;
 - a 429 pauses every request of the read until its `Retry-After` has passed (the doc's
   "pause all requests for that user") and halves the concurrency;
 - requests through `spare()` (the change-tracking key read, which a first copy can leave
@@ -27,7 +37,8 @@ share of each limit (80% by default) instead of racing to the 429s:
   than half the share: they use what the ranges leave, so a copy that costs several
   windows is not pushed into one more by them.
 
-One `Budget` is shared by the threads of a read; each request passes `request()`.
+One `Budget` is shared by the threads of a cycle's parallel reads (contacts, then
+accounts: the second knows what the first spent); each request passes `request()`.
 """
 
 from __future__ import annotations
@@ -35,8 +46,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # The documented defaults (dataverse-webapi.md section 7.1).
 CONCURRENCY_LIMIT = 52
@@ -84,25 +96,120 @@ class BudgetStats:
 
 
 class BudgetClosed(Exception):
-    """The read ended (`Budget.close`): a request still waiting for room is not sent."""
+    """The read ended (`SpareGate.close`): a spare request still waiting is not sent."""
+
+
+# The most the learned rate may exceed the window's mean cost per request over the mean
+# duration, which cheap requests (metadata, a first page) pull below a page's: a rise in the
+# window beyond that is taken as spent by others, not as this read's cost.
+MAX_RATE_OVER_MEAN = 1.25
 
 
 @dataclass
 class _Window:
-    """What the latest answer's headers said of the user's window."""
+    """What the latest answer's headers said of the user's window, and this read's share."""
 
     used_s: float | None = None  # execution time in use, server-seconds
     cost_s: float | None = None  # what one request costs: used time / requests in the window
     seen_at: float = 0.0  # when that answer came, on the budget's clock
     duration_s: float | None = None  # how long a request of this read takes (moving mean)
+    rate: float | None = None  # server-seconds charged per second a request of ours takes
+    # This read's requests still in the window at seen_at: (answered at, duration).
+    answered: deque[tuple[float, float]] = field(default_factory=deque)
+    # Learning the rate: the first answer's time and window, and the durations since.
+    first: tuple[float, float] | None = None
+    learned_s: float = 0.0
 
     def length(self) -> float | None:
-        """The 300 s window on the budget's clock: a request's duration per server-second
-        it costs (about 1 on a real org, 1/N on a simulator whose clock runs N times real
-        time). The mean cost counts cheap requests too, so it errs long: a late look."""
-        if not self.cost_s or not self.duration_s:
-            return None
-        return WINDOW_S * self.duration_s / self.cost_s
+        """The 300 s window on the budget's clock: about 300 s on a real org, 300/N on a
+        simulator whose clock runs N times real time. A request's duration includes the
+        network, so it errs long: a late look, never an early one."""
+        return None if not self.rate else WINDOW_S / self.rate
+
+    def learn(self, duration_s: float, now: float) -> None:
+        """Keep the request just answered, forget those that had left the window by now
+        (the headers no longer count them), and learn what a second of ours costs."""
+        if not self.cost_s or self.used_s is None:
+            return
+        self.answered.append((now, duration_s))
+        if self.first is None:
+            self.first = (now, self.used_s)
+        elif self.rate is None or now - self.first[0] < WINDOW_S / self.rate / 2:
+            self._learn_rate(duration_s)
+        if self.rate is None:
+            self.rate = self.cost_s / max(1e-9, self._mean_duration())
+        while self.answered and self.answered[0][0] <= now - WINDOW_S / self.rate:
+            self.answered.popleft()
+
+    def _learn_rate(self, duration_s: float) -> None:
+        """The rate from the read's first half window, when none of its charges can have
+        left: what the window rose by since the first answer, over the durations of the
+        requests answered since. Then it stays: a clock's speed does not change, and later
+        windows mix charges arriving with charges leaving. Capped by the mean cost per
+        request over the mean duration, so others spending at the same time do not shorten
+        the window it expects."""
+        assert self.first is not None and self.used_s is not None and self.cost_s
+        self.learned_s += duration_s
+        mean_rate = self.cost_s / max(1e-9, self._mean_duration())
+        rise = self.used_s - self.first[1]
+        self.rate = min(rise / self.learned_s, MAX_RATE_OVER_MEAN * mean_rate)
+        if self.rate <= 0:
+            self.rate = mean_rate
+
+    def _mean_duration(self) -> float:
+        return sum(d for _, d in self.answered) / max(1, len(self.answered))
+
+    def request_s(self) -> float:
+        """What a request of this read costs: its duration at this read's rate, the larger
+        of the recent and the window's mean duration (the window's mean cost per request
+        if not known yet)."""
+        assert self.cost_s is not None
+        if self.rate and self.duration_s and self.answered:
+            return max(self.duration_s, self._mean_duration()) * self.rate
+        return self.cost_s
+
+    def charges(self) -> Iterator[tuple[float, float]]:
+        """(answered at, server-seconds charged) of this read's requests in the window."""
+        rate = self.rate or 0.0
+        return ((at, d * rate) for at, d in self.answered)
+
+    def lead_s(self) -> float:
+        """How long a request of this read takes: it is charged when it ends, so it may
+        start that much before the charges that make room for it leave the window. The
+        shorter of the recent and the window's mean duration: early by no more than that."""
+        if not self.duration_s or not self.answered:
+            return 0.0
+        return min(self.duration_s, self._mean_duration())
+
+    def used_now(self, now: float) -> float:
+        """The window's used time at `now` (or later): the last answer's, less this read's
+        charges that have left the window since."""
+        assert self.used_s is not None
+        length = self.length()
+        if length is None:
+            return self.used_s
+        left = sum(cost for at, cost in self.charges() if at <= now - length)
+        return max(0.0, self.used_s - left)
+
+    def until_freed(self, short_s: float, now: float) -> float:
+        """How long until this read's charges leaving the window free `short_s` seconds
+        (infinite if they never will: time spent by others, or no estimate)."""
+        length = self.length()
+        if length is None:
+            return float("inf")
+        freed = 0.0
+        for at, cost in self.charges():
+            if at <= now - length:
+                continue  # left already: used_now does not count it
+            freed += cost
+            if freed >= short_s:
+                return max(0.0, at + length - now)
+        return float("inf")
+
+    def unexplained_s(self) -> float:
+        """Time in the window at the last answer that this read's charges do not explain."""
+        assert self.used_s is not None
+        return self.used_s - sum(cost for _, cost in self.charges())
 
 
 class Budget:
@@ -121,19 +228,11 @@ class Budget:
         self._over_share = False
         self._window = _Window()
         self._waiting = 0  # requests (not spare ones) waiting for room
-        self._closed = False
 
-    def close(self) -> None:
-        """The read has ended: requests waiting for room raise BudgetClosed at once (a spare
-        one can wait minutes for the window to drain; its thread must not hold the read)."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    def spare(self) -> Budget:
+    def spare(self) -> SpareGate:
         """A gate into this budget for requests that may wait: they go only while no
-        other request waits for room."""
-        return _Spare(self)
+        other request waits for room, until the gate is closed."""
+        return SpareGate(self)
 
     @property
     def allowed(self) -> int:
@@ -141,7 +240,9 @@ class Budget:
             return self._allowed
 
     @contextlib.contextmanager
-    def request(self, spare: bool = False) -> Iterator[Callable[[int, Mapping[str, str]], None]]:
+    def request(
+        self, spare: SpareGate | None = None
+    ) -> Iterator[Callable[[int, Mapping[str, str]], None]]:
         """Hold a slot for one request; call the yielded function with the answer's status
         and headers (a request that raised without an answer just frees its slot)."""
         started = self._enter(spare)
@@ -151,11 +252,11 @@ class Budget:
         finally:
             self._leave(started, *(answered[-1] if answered else (0, {})))
 
-    def _enter(self, spare: bool = False) -> float:
+    def _enter(self, spare: SpareGate | None = None) -> float:
         with self._cond:
             waiting = False
             while True:
-                if self._closed:
+                if spare is not None and spare.closed:
                     if waiting:
                         self._waiting -= 1
                     raise BudgetClosed("the parallel read has ended")
@@ -166,11 +267,11 @@ class Budget:
                     self._cond.wait(wait)
                     continue
                 wait = self._wait_for_room(now)
-                if spare and (self._waiting or self._half_full()):
+                if spare is not None and (self._waiting or self._half_full(now)):
                     wait = max(wait, 0.5)
                 if wait <= 0:
                     break
-                if not spare and not waiting:
+                if spare is None and not waiting:
                     waiting, self._waiting = True, self._waiting + 1
                 self._cond.wait(min(wait, 0.5))
             if waiting:
@@ -180,13 +281,13 @@ class Budget:
             self.stats.peak_in_flight = max(self.stats.peak_in_flight, self._in_flight)
             return now
 
-    def _half_full(self) -> bool:
+    def _half_full(self, now: float) -> bool:
         """The window, with the requests in flight charged, holds half the share or more:
         a spare request would take budget the others will want soon."""
         w = self._window
         if w.used_s is None or w.cost_s is None:
             return False
-        projected = w.used_s + self._in_flight * w.cost_s
+        projected = w.used_now(now) + self._in_flight * w.request_s()
         return projected >= self.share.share * self.share.execution_limit_s / 2
 
     def _wait_for_room(self, now: float) -> float:
@@ -197,15 +298,26 @@ class Budget:
             # one request at a time, whose answer says when the window has room again.
             room = 1 if self._over_share else self._allowed
             return 0.0 if self._in_flight < room else 0.5
-        projected = w.used_s + (self._in_flight + 1) * w.cost_s
-        if projected <= self.share.share * self.share.execution_limit_s:
+        # When a request starting now ends and is charged: the window then, with those in
+        # flight and it charged, must stay within the share.
+        cost_s, charged_at = w.request_s(), now + w.lead_s()
+        short_s = w.used_now(charged_at) + (self._in_flight + 1) * cost_s - self._share_s()
+        if short_s <= 0:
             return 0.0 if self._in_flight < self._allowed else 0.5
+        # Over the share: wait for this read's own charges to leave the window, or for the
+        # answers of those in flight, whichever comes first.
+        wait = w.until_freed(short_s, charged_at)
         if self._in_flight:
-            return 0.5  # their answers will show the window
-        # Over the share with nothing in flight: one request a tenth of a window after the
-        # last answer, to see whether charges have left the window.
-        length = w.length()
-        return 0.0 if length is None else w.seen_at + length / 10 - now
+            return min(wait, 0.5)
+        if wait == float("inf") or w.unexplained_s() >= cost_s:
+            # Time others spent may leave sooner: one request a tenth of a window after
+            # the last answer looks whether it has.
+            length = w.length()
+            wait = min(wait, 0.0 if length is None else w.seen_at + length / 10 - now)
+        return wait
+
+    def _share_s(self) -> float:
+        return self.share.share * self.share.execution_limit_s
 
     def _leave(self, started: float, status: int, headers: Mapping[str, str]) -> None:
         with self._cond:
@@ -256,17 +368,26 @@ class Budget:
             # Requests in flight are counted on arrival but charged when they end.
             done = self.share.request_limit - requests_left - self._in_flight
             w.cost_s = w.used_s / max(1.0, done)
+        w.learn(duration_s, now)
 
 
-class _Spare(Budget):
-    """`Budget.spare()`: the same budget, for requests that go only when nothing else waits."""
+class SpareGate:
+    """`Budget.spare()`: the budget's gate for requests that go only when nothing else
+    waits (the key read of a first copy). Closing it, when the ranges are done, releases a
+    request waiting for room at once: it can wait minutes for the window to drain, and its
+    thread must not hold the read; the budget itself serves the next entity's read."""
 
-    def __init__(self, budget: Budget) -> None:  # a view: no state of its own
-        self._budget = budget
-        self.share, self.stats = budget.share, budget.stats
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.closed = False
 
-    def request(self, spare: bool = True) -> contextlib.AbstractContextManager:
-        return self._budget.request(spare=True)
+    def request(self) -> contextlib.AbstractContextManager:
+        return self.budget.request(spare=self)
+
+    def close(self) -> None:
+        with self.budget._cond:
+            self.closed = True
+            self.budget._cond.notify_all()
 
 
 def _window_used(headers: Mapping[str, str], share: BudgetShare) -> float | None:

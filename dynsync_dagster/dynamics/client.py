@@ -18,7 +18,7 @@ import pyarrow as pa
 import requests
 
 from dynsync_dagster.dynamics.auth import TokenProvider, build_session
-from dynsync_dagster.dynamics.budget import Budget
+from dynsync_dagster.dynamics.budget import Budget, SpareGate
 from dynsync_dagster.dynamics.errors import DynamicsError, PagingLoopError
 from dynsync_dagster.dynamics.pages import ArrowDecoder, ArrowRows, decode_json
 from dynsync_dagster.dynamics.transport import (
@@ -98,7 +98,7 @@ class DynamicsClient:
         self.stats: ClientStats = self._transport.stats
         self._options = dict(retry=retry, page_size=page_size, timeout_s=timeout_s, sleep=sleep)
 
-    def fork(self, gate: Budget | None = None) -> DynamicsClient:
+    def fork(self, gate: Budget | SpareGate | None = None) -> DynamicsClient:
         """A client for another thread: its own HTTP session (a requests Session is not
         thread-safe) and stats, the same access tokens and options; its requests pass `gate`."""
         twin = DynamicsClient(self._conn, token_provider=self._transport.tokens, **self._options)

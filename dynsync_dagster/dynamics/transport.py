@@ -16,7 +16,7 @@ import requests
 import urllib3
 
 from dynsync_dagster.dynamics.auth import TokenProvider, connection_failure
-from dynsync_dagster.dynamics.budget import Budget
+from dynsync_dagster.dynamics.budget import Budget, SpareGate
 from dynsync_dagster.dynamics.errors import (
     DynamicsError,
     ExpiredDeltaToken,
@@ -122,7 +122,7 @@ class Transport:
         self.stats = ClientStats()
         self.tokens = tokens  # public: tests read the token to check it never leaks
         # A parallel read's share of the user's service-protection budget (budget.py).
-        self.gate: Budget | None = None
+        self.gate: Budget | SpareGate | None = None
         self._conn = conn
         self._session = session
         self._retry = retry

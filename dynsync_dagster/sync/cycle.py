@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import duckdb
 
+from dynsync_dagster.dynamics.budget import Budget
 from dynsync_dagster.dynamics.client import ClientStats, DynamicsClient, Page
 from dynsync_dagster.dynamics.errors import DynamicsError, ExpiredDeltaToken
 from dynsync_dagster.dynamics.fields import (
@@ -222,9 +223,17 @@ def _fetch(
             stage = Stage(stage_path(db_path), plan)
             fetched = _Fetched(stage, plan, client.stats)
             watcher = _Watcher(progress.current(), client)
+            budget = Budget(options.parallel.budget) if options.parallel else None
             for entity in ("contact", "account"):
                 read = _EntityRead(
-                    client, stage, plan, entity, datetime.now(UTC), watcher, options.parallel
+                    client,
+                    stage,
+                    plan,
+                    entity,
+                    datetime.now(UTC),
+                    watcher,
+                    options.parallel,
+                    budget,
                 )
                 next_state, mode = _fetch_entity(read, schema, states.get(entity))
                 fetched.modes[entity] = mode
@@ -329,6 +338,7 @@ class _EntityRead:
     started: datetime
     watcher: _Watcher | None = None
     parallel: ParallelRead | None = None
+    budget: Budget | None = None  # the cycle's share of the user's budget, if parallel
 
     @property
     def select_list(self) -> str:

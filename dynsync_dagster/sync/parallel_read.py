@@ -129,11 +129,15 @@ def read_all(read: _EntityRead, options: ParallelRead, mode: str) -> ReaderState
     entity_set, key = ENTITY_SET[entity], PRIMARY_KEY[entity]
     parts: dict[str, Progress] = {}
     ranges = options.ranges
+    budget = read.budget or Budget(options.budget)
     if read.tracking:
         # The key read's first page fixes its snapshot before any range is read, and says
-        # whether ranges are worth it: a table whose keys fit one page is read in one.
+        # whether ranges are worth it: a table whose keys fit one page is read in one. It
+        # passes the budget too, which then knows what it was charged.
         token = client.query_link(entity_set, select=[key], filter=None, orderby=None)
-        first = next(client.iter_link(token, track_changes=True, annotations=""))
+        with client.fork(budget) as gated:
+            first = next(gated.iter_link(token, track_changes=True, annotations=""))
+        _add_stats(client, gated)
         last = first.next_link is None
         parts[f"{entity}@{TOKEN}"] = Progress(
             mode, read.select_list, first.next_link, first.delta_link, last, read.started
@@ -146,7 +150,7 @@ def read_all(read: _EntityRead, options: ParallelRead, mode: str) -> ReaderState
         parts[f"{entity}@r{i:03d}"] = Progress(
             mode, read.select_list, link, None, False, read.started
         )
-    run = _Run(read, options, mode, parts, fresh=True)
+    run = _Run(read, budget, mode, parts, fresh=True)
     delta = run.run()
     if delta:
         return read.state("delta", delta, None)
@@ -193,7 +197,8 @@ def resume(read: _EntityRead, resumed: Progress, options: ParallelRead | None) -
         len(parts),
     )
     try:
-        _Run(read, options or ParallelRead(), resumed.mode, parts, fresh=False).run()
+        budget = read.budget or Budget((options or ParallelRead()).budget)
+        _Run(read, budget, resumed.mode, parts, fresh=False).run()
     except DynamicsError as exc:
         if exc.status != 400:
             raise
@@ -225,7 +230,7 @@ class _Run:
     def __init__(
         self,
         read: _EntityRead,
-        options: ParallelRead,
+        budget: Budget,
         mode: str,
         parts: dict[str, Progress],
         *,
@@ -235,7 +240,10 @@ class _Run:
         # A first copy ends when its ranges do; a resumed one finishes its token read too.
         self.defer_token = fresh
         self.deferred = False
-        self.budget = Budget(options.budget)
+        # The cycle's budget, shared by its entities' reads: it knows what the one before
+        # spent and when that leaves the window.
+        self.budget = budget
+        self.spare = self.budget.spare()  # the key read's gate, closed when the run ends
         self.token_part = f"{read.entity}@{TOKEN}"
         self.pages: queue.Queue = queue.Queue(maxsize=8)  # pages fetched, not yet staged
         self.stop = threading.Event()
@@ -262,7 +270,7 @@ class _Run:
             self._stage_pages(len(todo), shown)
         finally:
             self.stop.set()
-            self.budget.close()  # a key read waiting for room must not hold the join
+            self.spare.close()  # a key read waiting for room must not hold the join
             self._drain_and_join(threads)
             self._add_stats()
         token = self.parts.get(self.token_part)
@@ -319,7 +327,7 @@ class _Run:
     def _fetch(self, part: str) -> None:
         """Follow one part's links to its end, handing each page over."""
         # The key read uses only the budget the ranges leave: the copy can commit without it.
-        gate = self.budget.spare() if part == self.token_part else self.budget
+        gate = self.spare if part == self.token_part else self.budget
         client = self.read.client.fork(gate)
         with self._lock:
             self.clients.append(client)
@@ -402,8 +410,13 @@ class _Run:
 
     def _add_stats(self) -> None:
         """The threads' request counts, added to the cycle's client (reported per cycle)."""
-        total = self.read.client.stats
         with self._lock:
             for client in self.clients:
-                for f in fields(total):
-                    setattr(total, f.name, getattr(total, f.name) + getattr(client.stats, f.name))
+                _add_stats(self.read.client, client)
+
+
+def _add_stats(cycle: DynamicsClient, fork: DynamicsClient) -> None:
+    """A forked client's request counts, added to the cycle's client's."""
+    total = cycle.stats
+    for f in fields(total):
+        setattr(total, f.name, getattr(total, f.name) + getattr(fork.stats, f.name))

@@ -100,24 +100,47 @@ def test_requests_in_flight_count_against_the_share() -> None:
     assert all(e.wait(5) for e in entered)
 
 
-def test_over_the_share_it_waits_then_one_request_looks() -> None:
+def test_over_the_share_it_starts_again_when_its_own_charges_leave() -> None:
     # Nine requests of 100 s each took 10 s: the window (300 server-s) lasts 30 s on this
-    # clock. At 900 s used one more would pass the 960 s share: nothing goes for a tenth of
-    # a window, then one request alone, whose answer shows the window.
+    # clock. At 900 s used one more would pass the 960 s share. Every second of it is this
+    # read's own, charged at 10 s, so it leaves at 40 s. A request is charged when it ends,
+    # 10 s after it starts: nothing goes before 30 s, and then both waiting requests go at
+    # once, without a look first.
     clock = Clock()
     budget = Budget(BudgetShare(start_concurrent=9, max_concurrent=10), clock=clock)
     burst(budget, clock, 9, cost_s=100, took_s=10)
     assert budget.stats.peak_window_used == pytest.approx(0.75)
     entered, release = enter_in_threads(budget, 2)
-    clock.now = 12.9
-    time.sleep(0.6)
+    clock.now = 29.9
+    time.sleep(0.7)
     assert not any(e.is_set() for e in entered)  # a one-at-a-time reader would have sent
-    clock.now = 13.0
+    clock.now = 30.0
+    assert all(e.wait(2) for e in entered)
+    release.set()
+    assert budget.stats.peak_in_flight == 9
+
+
+def test_time_others_spent_is_looked_at_a_tenth_of_a_window_later() -> None:
+    # One request of this read, 10 s long, and an answer showing 900 s in use over ten
+    # requests: 90 s a request, so 810 s were spent by others (the same user's other
+    # integrations), which may leave the window at any time. At 9 server-s per second the
+    # window lasts 33.3 s on this clock: a tenth of it after the answer, one request alone
+    # looks.
+    clock = Clock()
+    budget = Budget(BudgetShare(start_concurrent=9, max_concurrent=10), clock=clock)
+    with budget.request() as answered:
+        clock.now = 10.0
+        answered(200, charged(900, 10))
+    entered, release = enter_in_threads(budget, 2)
+    clock.now = 13.2
+    time.sleep(0.7)
+    assert not any(e.is_set() for e in entered)
+    clock.now = 13.4
     time.sleep(0.8)
-    assert sum(e.is_set() for e in entered) == 1
+    assert sum(e.is_set() for e in entered) == 1  # the look: one, its answer tells the rest
     release.set()
     assert all(e.wait(5) for e in entered)
-    assert budget.stats.peak_in_flight == 9
+    assert budget.stats.peak_in_flight == 1
 
 
 def test_charges_leaving_the_window_reopen_it() -> None:
@@ -210,13 +233,14 @@ def test_spare_requests_stand_back_once_the_window_is_half_the_share() -> None:
     assert entered[0].wait(5)
 
 
-def test_closing_the_budget_releases_requests_waiting_for_room() -> None:
+def test_closing_a_spare_gate_releases_its_request_and_leaves_the_budget_open() -> None:
     budget = Budget(BudgetShare(start_concurrent=1, max_concurrent=1))
+    gate = budget.spare()
     failed: list[BaseException] = []
 
     def wait_for_room() -> None:
         try:
-            answer(budget.spare(), 200, {})
+            answer(gate, 200, {})
         except BudgetClosed as exc:
             failed.append(exc)
 
@@ -224,6 +248,25 @@ def test_closing_the_budget_releases_requests_waiting_for_room() -> None:
         waiter = threading.Thread(target=wait_for_room)
         waiter.start()
         time.sleep(0.2)
-        budget.close()
+        gate.close()
         waiter.join(2)
         assert not waiter.is_alive() and len(failed) == 1
+    answer(budget, 200, {})  # the next entity's read goes on through the same budget
+    answer(budget.spare(), 200, {})
+    assert budget.stats.requests == 3
+
+
+def test_the_rate_is_learned_in_the_first_half_window_and_then_kept() -> None:
+    # Nine requests of 10 s charged 900 s: 10 server-s per second, so the window is 30 s
+    # on this clock. A later answer whose window holds 300 s over one request (the window's
+    # edge cut a burst: its requests left the count, their charges not yet) must not make
+    # the read expect a 10 s window and start requests into charges that have not left.
+    clock = Clock()
+    budget = Budget(BudgetShare(start_concurrent=9, max_concurrent=10), clock=clock)
+    burst(budget, clock, 9, cost_s=100, took_s=10)
+    assert budget._window.length() == pytest.approx(30)
+    clock.now = 45.0
+    with budget.request() as answered:
+        clock.now = 55.0
+        answered(200, charged(300, 1))
+    assert budget._window.length() == pytest.approx(30)
