@@ -67,6 +67,7 @@ from dynsync_dagster.settings import ConnectionSettings, SyncSettings  # noqa: E
 from dynsync_dagster.simulator.limits import WINDOW_S  # noqa: E402
 from dynsync_dagster.simulator.process import SimulatorProcess  # noqa: E402
 from dynsync_dagster.simulator.realism import ServerTime  # noqa: E402
+from dynsync_dagster.sync import cycle as cycle_module  # noqa: E402
 from dynsync_dagster.sync import parallel_read  # noqa: E402
 from dynsync_dagster.sync.cycle import CycleOptions, run_cycle  # noqa: E402
 from dynsync_dagster.sync.parallel_read import ParallelRead  # noqa: E402
@@ -90,6 +91,7 @@ class Sent:
     status: int
     retry_after: float | None
     window_used: float | None  # the user's execution-time window in use, from the headers
+    thread: str = ""  # dynsync-token: the key read; dynsync-range-N: the ranges
 
 
 @dataclass
@@ -117,7 +119,14 @@ class Watch:
                 answered = time.monotonic()
                 with watch.lock:
                     watch.sent.append(
-                        Sent(started, answered, response.status_code, _float(retry), used)
+                        Sent(
+                            started,
+                            answered,
+                            response.status_code,
+                            _float(retry),
+                            used,
+                            threading.current_thread().name,
+                        )
                     )
                 return response
 
@@ -130,11 +139,25 @@ class Watch:
                 watch.budgets.append(self)
 
         client_module.build_session = logged
+        # The cycle makes one budget for its reads; a resumed read may make its own.
+        cycle_module.Budget = Recorded  # type: ignore[misc]
         parallel_read.Budget = Recorded  # type: ignore[misc]
 
     def since(self, t0: float) -> list[Sent]:
         with self.lock:
             return [s for s in self.sent if s.started >= t0]
+
+
+def write_requests_log(path: Path, sent: list[Sent], t0: float, speed: float) -> None:
+    """Every answer of the first copy, in simulated seconds from its start (a CSV)."""
+    lines = ["started_s,answered_s,status,window_used,thread"]
+    for s in sorted(sent, key=lambda s: s.started):
+        used = "" if s.window_used is None else f"{s.window_used:.4f}"
+        lines.append(
+            f"{(s.started - t0) * speed:.2f},{(s.answered - t0) * speed:.2f},"
+            f"{s.status},{used},{s.thread}"
+        )
+    path.write_text("\n".join(lines) + "\n")
 
 
 def _float(value: str | None) -> float | None:
@@ -257,6 +280,10 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         during = [s for s in watch.since(t0) if s.started < first_end]
         out["window_used"] = max((s.window_used or 0.0 for s in during), default=0.0)
         out["timeline"] = timeline(during, t0, first_end, args.clock_speed)
+        keys = [s for s in during if s.thread == "dynsync-token"]
+        out["key_timeline"] = timeline(keys, t0, first_end, args.clock_speed)
+        if args.requests_log:
+            write_requests_log(args.requests_log, during, t0, args.clock_speed)
         out["peak_in_flight"] = max((b.stats.peak_in_flight for b in watch.budgets), default=0)
         # Let the copy's charges leave the window: the pager then never meets a 429.
         time.sleep(WINDOW_S / args.clock_speed + 1)
@@ -458,7 +485,9 @@ def notes(args: argparse.Namespace, m: dict[str, Any]) -> list[str]:
             for extra, e in m.get("extra", {}).items()
         ),
         f"- During the first copy, per simulated minute: highest window use {minutes}; mean "
-        f"requests in flight {flight}.",
+        f"requests in flight {flight}; of them the key read's "
+        + ", ".join(f"{busy:.1f}" for busy, _ in m["key_timeline"])
+        + ".",
         f"- first cycle: modes {m.get('first_modes')}, reader states after "
         f"{m.get('first_states')}, {m.get('first_requests')} requests",
         f"- next cycle (finishes the change-tracking key read if the copy committed first, "
@@ -525,6 +554,9 @@ def main(argv: list[str]) -> int:
         "(default: 1 at scale 1, else 0.1: its pace is one page's modelled time)",
     )
     p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument(
+        "--requests-log", type=Path, help="write the first copy's requests to this CSV file"
+    )
     p.add_argument("--no-write", action="store_true", help="print only")
     args = p.parse_args(argv)
     args.accounts = args.accounts if args.accounts is not None else args.contacts // 10
