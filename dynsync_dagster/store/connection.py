@@ -162,11 +162,12 @@ def memory_limit() -> str:
     """DuckDB's memory budget per connection. DuckDB spills to disk beyond it, so a cycle's
     peak memory is bounded by this and the page size, not by the size of the org.
 
-    128MB: the budget fills during a full read (the stage's blocks) and its merge, and the
+    160MB: the budget fills during a full read (the stage's blocks) and its merge, and the
     `dynsync sync` process around it holds Dagster too. A first sync of 1M contacts peaked at
-    516 MB for the whole process with 256MB and 386 MB with 128MB, at the same speed
-    (benchmarks/RESULTS.md measures it)."""
-    return os.environ.get("DYNSYNC_DUCKDB_MEMORY_LIMIT") or "128MB"
+    516 MB for the whole process with 256MB and 386 MB with 128MB; at 128MB the contacts'
+    insert of a first sync spills ~110 MB to DuckDB's temp files, and 160MB saves ~0.3 s of
+    it for ~33 MB (benchmarks/RESULTS.md measures the whole)."""
+    return os.environ.get("DYNSYNC_DUCKDB_MEMORY_LIMIT") or "160MB"
 
 
 def configure(con: duckdb.DuckDBPyConnection) -> None:
