@@ -495,7 +495,7 @@ def notes_section(figs: dict[str, Figure]) -> list[str]:
         "RESULTS.md said 465 MB and 0.81x: it measured the whole `dynsync sync` process, which "
         "holds Dagster, its instance and the definitions beside the cycle (about 85 MB more: "
         "551 MB against 465 MB for the cycle alone at 1M contacts, before pandas left the sync "
-        "and DuckDB's budget went from 256MB to 128MB) and adds their seconds, and a server "
+        "and DuckDB's budget went from 256MB to 160MB) and adds their seconds, and a server "
         "cheaper per page than the simulator "
         "moves the bare loop's rate more than ours (the CPU line above). This file reports both "
         "and holds the whole process to the same targets.",

@@ -166,7 +166,8 @@ def memory_limit() -> str:
     `dynsync sync` process around it holds Dagster too. A first sync of 1M contacts peaked at
     516 MB for the whole process with 256MB and 386 MB with 128MB; at 128MB the contacts'
     insert of a first sync spills ~110 MB to DuckDB's temp files, and 160MB saves ~0.3 s of
-    it for ~33 MB (benchmarks/RESULTS.md measures the whole)."""
+    it: 8.85 s -> 8.55 s for the cycle, 385 MB -> 416 MB for the whole process
+    (benchmarks/RESULTS.md)."""
     return os.environ.get("DYNSYNC_DUCKDB_MEMORY_LIMIT") or "160MB"
 
 
