@@ -288,7 +288,7 @@ class Budget:
         if w.used_s is None or w.cost_s is None:
             return False
         projected = w.used_now(now) + self._in_flight * w.request_s()
-        return projected >= self.share.share * self.share.execution_limit_s / 2
+        return projected >= self._share_s() / 2
 
     def _wait_for_room(self, now: float) -> float:
         """0 if one more request may start now, else how long to wait before looking again."""

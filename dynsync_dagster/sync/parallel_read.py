@@ -129,7 +129,7 @@ def read_all(read: _EntityRead, options: ParallelRead, mode: str) -> ReaderState
     entity_set, key = ENTITY_SET[entity], PRIMARY_KEY[entity]
     parts: dict[str, Progress] = {}
     ranges = options.ranges
-    budget = read.budget or Budget(options.budget)
+    budget = _budget(read, options)
     if read.tracking:
         # The key read's first page fixes its snapshot before any range is read, and says
         # whether ranges are worth it: a table whose keys fit one page is read in one. It
@@ -197,14 +197,19 @@ def resume(read: _EntityRead, resumed: Progress, options: ParallelRead | None) -
         len(parts),
     )
     try:
-        budget = read.budget or Budget((options or ParallelRead()).budget)
-        _Run(read, budget, resumed.mode, parts, fresh=False).run()
+        _Run(read, _budget(read, options), resumed.mode, parts, fresh=False).run()
     except DynamicsError as exc:
         if exc.status != 400:
             raise
         log.warning("%s: a saved range link was refused (%s); starting over", read.entity, exc)
         return False
     return True
+
+
+def _budget(read: _EntityRead, options: ParallelRead | None) -> Budget:
+    """The cycle's budget, or one of this read's own (a resumed copy in a cycle that does
+    not read in parallel)."""
+    return read.budget or Budget((options or ParallelRead()).budget)
 
 
 def _with_columns(read: _EntityRead, delta_link: str) -> str:
